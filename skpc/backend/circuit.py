@@ -1,0 +1,401 @@
+"""A region graph compiled into index tensors, and its forward/backward passes.
+
+Layout. Every tensor of log-densities is region-major, ``(rows, B, K)``, so
+that the einsum of one level is a single batched matmul over its partitions
+and gathering children is an ``index_select`` of contiguous ``(B, K)`` blocks.
+
+Stores. Height 0 holds the leaf regions. For every height h >= 1 (the
+topological levels of ``RegionGraph.heights``):
+
+- ``partition_store[h]`` (L_h, B, K): the einsum outputs of the partitions of
+  height h. Its first ``n_single[h]`` rows belong, in order, to the regions
+  of height h that have a single partition; the rest belong to regions with
+  several partitions (of height >= h).
+- ``region_store[h]`` (R_h, B, K): the region values of height h: the first
+  ``n_single[h]`` rows are those same einsum outputs (a zero-copy slice), the
+  rest are the mixing layer's outputs.
+
+The compiled circuit holds no parameters and keeps nothing from the last
+batch: parameters come in as a ``CircuitParams``, and a missing-value mask
+travels with each batch.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .layers import log_einsum_exp, log_mix, log_root
+
+
+@dataclass
+class CircuitParams:
+    """Parameters of a compiled circuit (all on one device and dtype).
+
+    leaf : (L0, S, K, T) expectation parameters of the leaf densities.
+    einsum : per height h >= 1, (L_h, K*K, K) sum weights, normalized over dim 1.
+    mixing : per height h >= 1, (M_h, P_h, K) mixing weights (0 on padding),
+        normalized over dim 1, or None where no region of height h mixes.
+    root : (K,) weights of the root sum node.
+    """
+
+    leaf: torch.Tensor
+    einsum: list
+    mixing: list
+    root: torch.Tensor
+
+    def tensors(self):
+        """All weight tensors after the leaves, in a fixed order."""
+        return [*self.einsum, *(m for m in self.mixing if m is not None), self.root]
+
+    def map(self, fn):
+        """A new CircuitParams with ``fn`` applied to every tensor."""
+        return CircuitParams(
+            leaf=fn(self.leaf),
+            einsum=[fn(w) for w in self.einsum],
+            mixing=[None if m is None else fn(m) for m in self.mixing],
+            root=fn(self.root),
+        )
+
+    def with_weights(self, weights):
+        """Replace the weight tensors (in ``tensors()`` order)."""
+        it = iter(weights)
+        einsum = [next(it) for _ in self.einsum]
+        mixing = [None if m is None else next(it) for m in self.mixing]
+        return CircuitParams(leaf=self.leaf, einsum=einsum, mixing=mixing, root=next(it))
+
+    def n_parameters(self, circuit):
+        """Free parameters: sum weights minus their normalization, plus leaf parameters."""
+        total = 0
+        for w in self.einsum:
+            total += w.shape[0] * (w.shape[1] - 1) * w.shape[2]
+        for h, m in enumerate(self.mixing):
+            if m is not None:
+                sizes = (~circuit.mix_pad[h + 1]).sum(1)  # partitions per mixing region
+                total += int((sizes - 1).sum()) * m.shape[2]
+        total += self.root.shape[0] - 1
+        n_pairs = int(circuit.n_pairs)
+        stats = self.leaf.shape[-1]
+        # a categorical leaf's probabilities sum to one: C - 1 free values
+        free_per_leaf = stats - 1 if circuit.leaf_is_simplex else stats
+        total += n_pairs * self.leaf.shape[2] * free_per_leaf
+        return int(total)
+
+
+@dataclass
+class _Gather:
+    """Rows taken from one or more stores: ``cat(stores[sources])[index]``."""
+
+    sources: list
+    index: torch.Tensor
+    row_height: np.ndarray = field(repr=False)  # (n,) height of each gathered row
+    row: np.ndarray = field(repr=False)  # (n,) row within that height's store
+
+    def __call__(self, stores):
+        if len(self.sources) == 1:
+            return stores[self.sources[0]].index_select(0, self.index)
+        return torch.cat([stores[s] for s in self.sources], 0).index_select(0, self.index)
+
+
+def _make_gather(heights, rows, store_sizes, device):
+    heights = np.asarray(heights, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
+    sources = sorted(set(heights.tolist()))
+    offset, start = {}, 0
+    for s in sources:
+        offset[s] = start
+        start += store_sizes[s]
+    index = np.array([offset[h] + r for h, r in zip(heights, rows)], dtype=np.int64)
+    return _Gather(sources, torch.as_tensor(index, device=device), heights, rows)
+
+
+class CompiledCircuit:
+    """Index tensors for evaluating a (binary) region graph level by level.
+
+    Parameters
+    ----------
+    graph : RegionGraph
+        Validated; partitions with more than two children are binarized.
+    n_sums : int
+        K, the number of densities per region.
+    leaf : ExponentialFamilyLeaf
+    device : torch.device
+    """
+
+    def __init__(self, graph, n_sums, leaf, device="cpu"):
+        if any(len(children) != 2 for _, children in graph.partitions):
+            graph = graph.binarize()
+        self.graph = graph
+        self.n_sums = int(n_sums)
+        self.leaf = leaf
+        self.device = torch.device(device)
+        self.n_variables = graph.n_variables
+        self._compile(graph)
+
+    # ---------------------------------------------------------------- build
+    def _compile(self, graph):
+        region_h, partition_h = graph.heights()
+        region_parts = graph.region_partitions()
+        self.height = int(region_h.max()) if len(region_h) else 0
+        H = self.height
+        root = graph.root
+        dev = self.device
+
+        # where each region's value lives: (height, row)
+        region_loc = {}
+        leaves = [r for r in range(len(graph.regions)) if not region_parts[r]]
+        for row, r in enumerate(leaves):
+            region_loc[r] = (0, row)
+        scopes = [graph.regions[r] for r in leaves]
+        self.leaf_width = max(len(s) for s in scopes)
+        pad = self.n_variables  # index of an all-missing dummy column
+        scope = np.full((len(leaves), self.leaf_width), pad, dtype=np.int64)
+        for row, s in enumerate(scopes):
+            scope[row, : len(s)] = s
+        self.leaf_scope = torch.as_tensor(scope, device=dev)  # (L0, S)
+        self.n_pairs = int(sum(len(s) for s in scopes))
+        self.leaf_is_simplex = self.leaf.name == "categorical"
+
+        # order partitions and regions of each height (see module docstring)
+        partition_loc = {}
+        self.n_single = [0] * (H + 1)
+        order_parts, order_regions, mix_regions = {}, {}, {}
+        for h in range(1, H + 1):
+            regions_h = [r for r in range(len(graph.regions)) if region_h[r] == h]
+            single = [r for r in regions_h if len(region_parts[r]) == 1]
+            multi = [r for r in regions_h if len(region_parts[r]) > 1]
+            parts_h = [region_parts[r][0] for r in single]
+            parts_h += [p for p in range(len(graph.partitions)) if partition_h[p] == h and p not in set(parts_h)]
+            for row, p in enumerate(parts_h):
+                partition_loc[p] = (h, row)
+            for row, r in enumerate(single + multi):
+                region_loc[r] = (h, row)
+            self.n_single[h] = len(single)
+            order_parts[h], order_regions[h], mix_regions[h] = parts_h, single + multi, multi
+
+        self.region_store_sizes = [len(leaves)] + [len(order_regions[h]) for h in range(1, H + 1)]
+        self.partition_store_sizes = [0] + [len(order_parts[h]) for h in range(1, H + 1)]
+        self.left, self.right, self.mix_gather = [None], [None], [None]
+        self.mix_pad = [None]
+        for h in range(1, H + 1):
+            parts = order_parts[h]
+            lh, lr = zip(*(region_loc[graph.partitions[p][1][0]] for p in parts))
+            rh, rr = zip(*(region_loc[graph.partitions[p][1][1]] for p in parts))
+            self.left.append(_make_gather(lh, lr, self.region_store_sizes, dev))
+            self.right.append(_make_gather(rh, rr, self.region_store_sizes, dev))
+            multi = mix_regions[h]
+            if multi:
+                width = max(len(region_parts[r]) for r in multi)
+                heights, rows = [], []
+                pad_mask = np.ones((len(multi), width), dtype=bool)
+                for m, r in enumerate(multi):
+                    locs = [partition_loc[p] for p in region_parts[r]]
+                    locs += [locs[0]] * (width - len(locs))  # padding repeats a real row
+                    pad_mask[m, : len(region_parts[r])] = False
+                    heights += [a for a, _ in locs]
+                    rows += [b for _, b in locs]
+                self.mix_gather.append(_make_gather(heights, rows, self.partition_store_sizes, dev))
+                self.mix_pad.append(torch.as_tensor(pad_mask, device=dev))
+            else:
+                self.mix_gather.append(None)
+                self.mix_pad.append(None)
+        self.root_loc = region_loc[root]
+
+    # --------------------------------------------------------------- params
+    def init_params(self, X, generator, dtype):
+        """Random sum weights and data-dependent leaves.
+
+        X (N, D) tensor with NaN for missing entries. Each leaf density starts
+        at the value of one random training sample (a missing one replaced by
+        its feature's mean), as k-means++ style seeding would.
+        """
+        K, dev = self.n_sums, self.device
+        L0, S = self.leaf_scope.shape
+        N = X.shape[0]
+        rows = torch.randint(0, N, (L0, S, K), generator=generator, device=dev)
+        col_fill = torch.nan_to_num(torch.nanmean(X, 0), nan=self.leaf.fill_value())
+        Xf = torch.where(torch.isnan(X), col_fill, X)
+        Xf = torch.cat([Xf, torch.full((N, 1), self.leaf.fill_value(), dtype=X.dtype, device=dev)], 1)
+        values = Xf[rows, self.leaf_scope.unsqueeze(-1).expand(L0, S, K)]  # (L0, S, K)
+        if self.leaf.name == "categorical":
+            values = values.round()
+        col_var = torch.nan_to_num(_nanvar(X), nan=1.0)
+        col_var = torch.where(col_var > 0, col_var, torch.ones_like(col_var))
+        col_var = torch.cat([col_var, col_var.new_ones(1)])[self.leaf_scope].unsqueeze(-1)  # (L0, S, 1)
+        leaf = self.leaf.init_phi(values, col_var, generator)
+
+        def simplex(shape, dim):
+            w = torch.rand(shape, generator=generator, device=dev, dtype=dtype) + 0.5
+            return w / w.sum(dim, keepdim=True)
+
+        einsum = [simplex((n, K * K, K), 1) for n in self.partition_store_sizes[1:]]
+        mixing = [None]
+        for h in range(1, self.height + 1):
+            pad = self.mix_pad[h]
+            if pad is None:
+                mixing.append(None)
+                continue
+            w = simplex((pad.shape[0], pad.shape[1], K), 1) * (~pad).unsqueeze(-1)
+            mixing.append(w / w.sum(1, keepdim=True))
+        return CircuitParams(leaf=leaf.to(dtype), einsum=einsum, mixing=mixing[1:], root=simplex((K,), 0))
+
+    # ------------------------------------------------------------- forward
+    def leaf_inputs(self, X):
+        """Padded leaf layout of a batch X (B, D) with NaN = missing.
+
+        Returns x (L0, S, B) with missing entries filled by a valid stand-in,
+        and obs (L0, S, B) in X's dtype: 1 observed, 0 missing or padding.
+        """
+        B = X.shape[0]
+        Xt = torch.cat([X, torch.full((B, 1), float("nan"), dtype=X.dtype, device=X.device)], 1).t()
+        x = Xt[self.leaf_scope]  # (L0, S, B)
+        missing = torch.isnan(x)
+        obs = (~missing).to(X.dtype)
+        x = x.masked_fill(missing, self.leaf.fill_value())
+        return x, obs
+
+    def forward(self, leaf_values, params, keep_trace=False):
+        """log p per sample from the leaf region values (L0, B, K).
+
+        Returns (log_prob (B,), trace). ``trace`` holds every store and the
+        gathered inputs of every layer when ``keep_trace`` (for sampling),
+        else None.
+        """
+        regions = [leaf_values]
+        partitions = [None]
+        inputs = [None]
+        for h in range(1, self.height + 1):
+            left = self.left[h](regions)
+            right = self.right[h](regions)
+            out = log_einsum_exp(left, right, params.einsum[h - 1])  # (L_h, B, K)
+            partitions.append(out)
+            n_single = self.n_single[h]
+            mixed = None
+            if self.mix_gather[h] is not None:
+                M, P = self.mix_pad[h].shape
+                gathered = self.mix_gather[h](partitions)  # (M*P, B, K)
+                gathered = gathered.view(M, P, *gathered.shape[1:])
+                gathered = gathered.masked_fill(self.mix_pad[h].view(M, P, 1, 1), float("-inf"))
+                mixed = log_mix(gathered, params.mixing[h - 1])  # (M, B, K)
+                region = torch.cat([out[:n_single], mixed], 0) if n_single else mixed
+            else:
+                region = out[:n_single]
+            regions.append(region)
+            if keep_trace:
+                inputs.append((left, right, gathered if mixed is not None else None))
+        h, row = self.root_loc
+        log_prob = log_root(regions[h][row], params.root)
+        trace = (regions, partitions, inputs) if keep_trace else None
+        return log_prob, trace
+
+    def log_prob(self, X, params):
+        """log p(x) per row of X (B, D); NaN entries are marginalized."""
+        x, obs = self.leaf_inputs(X)
+        leaf_values = self.leaf.region_log_prob(x, obs, params.leaf)
+        return self.forward(leaf_values, params)[0]
+
+    # ------------------------------------------------------------ backward
+    def backtrack(self, leaf_values, params, generator, greedy):
+        """Choose, per sample, an induced tree top-down; return the leaf choices.
+
+        At every sum node the child is drawn from its posterior given the
+        evidence in ``leaf_values`` (weight times child likelihood), or its
+        argmax when ``greedy`` (approximate MPE). All samples at once.
+
+        Returns (L0, B) long: the chosen density of each leaf region, -1
+        where the region is not in the sample's tree.
+        """
+        _, (regions, partitions, inputs) = self.forward(leaf_values, params, keep_trace=True)
+        B = leaf_values.shape[1]
+        K = self.n_sums
+        dev = leaf_values.device
+        H = self.height
+        region_k = [torch.full((B, n), -1, dtype=torch.long, device=dev) for n in self.region_store_sizes]
+        partition_k = [torch.full((B, n), -1, dtype=torch.long, device=dev) for n in self.partition_store_sizes]
+
+        h, row = self.root_loc
+        logits = torch.log(params.root) + regions[h][row]  # (B, K)
+        region_k[h][:, row] = _choose(logits, -1, generator, greedy)
+
+        for h in range(H, 0, -1):
+            n_single = self.n_single[h]
+            partition_k[h][:, :n_single] = region_k[h][:, :n_single]
+            left, right, gathered = inputs[h]
+            if gathered is not None:
+                M, P = self.mix_pad[h].shape
+                k = region_k[h][:, n_single:]  # (B, M)
+                active = k >= 0
+                kk = k.clamp_min(0).t()  # (M, B)
+                # log V[m, p, k_b] + Y[m, p, b, k_b] -> (M, P, B)
+                value = torch.gather(gathered, 3, kk.view(M, 1, B, 1).expand(M, P, B, 1)).squeeze(-1)
+                log_w = torch.log(params.mixing[h - 1])  # (M, P, K)
+                log_w = torch.gather(log_w, 2, kk.unsqueeze(1).expand(M, P, B))
+                choice = _choose(value + log_w, 1, generator, greedy)  # (M, B)
+                spec = self.mix_gather[h]
+                flat = (torch.arange(M, device=dev) * P).unsqueeze(1) + choice  # (M, B) rows of spec
+                tgt_h = torch.as_tensor(spec.row_height, device=dev)[flat]
+                tgt_row = torch.as_tensor(spec.row, device=dev)[flat]
+                val = torch.where(active.t(), k.t(), -1)
+                _scatter_choice(partition_k, tgt_h.t(), tgt_row.t(), val.t(), spec.sources)
+
+            k = partition_k[h]  # (B, L_h)
+            active = k >= 0
+            Lh = k.shape[1]
+            w = params.einsum[h - 1].transpose(1, 2)  # (L, K_out, K*K)
+            log_w = torch.log(torch.gather(w, 1, k.clamp_min(0).t().unsqueeze(-1).expand(Lh, B, K * K)))
+            logits = log_w + (left.unsqueeze(-1) + right.unsqueeze(-2)).reshape(Lh, B, K * K)
+            ij = _choose(logits, -1, generator, greedy)  # (L, B)
+            for spec, child_k in ((self.left[h], ij // K), (self.right[h], ij % K)):
+                val = torch.where(active, child_k.t(), -1)  # (B, L)
+                tgt_h = torch.as_tensor(spec.row_height, device=dev).expand(B, Lh)
+                tgt_row = torch.as_tensor(spec.row, device=dev).expand(B, Lh)
+                _scatter_choice(region_k, tgt_h, tgt_row, val, spec.sources)
+        return region_k[0].t()
+
+    def complete(self, X, params, generator, greedy):
+        """Fill the NaN entries of X (B, D): conditional sample or greedy MPE."""
+        x, obs = self.leaf_inputs(X)
+        leaf_values = self.leaf.region_log_prob(x, obs, params.leaf)
+        choice = self.backtrack(leaf_values, params, generator, greedy)  # (L0, B)
+        L0, S = self.leaf_scope.shape
+        B = X.shape[0]
+        active = choice >= 0
+        phi = params.leaf  # (L0, S, K, T)
+        T = phi.shape[-1]
+        index = choice.clamp_min(0).view(L0, 1, B, 1).expand(L0, S, B, T)
+        chosen = torch.gather(phi, 2, index)  # (L0, S, B, T)
+        values = self.leaf.mode(chosen) if greedy else self.leaf.sample(chosen, generator)
+        values = values * active.unsqueeze(1)  # (L0, S, B)
+        # exactly one active leaf region covers each variable in a sample's tree
+        filled = torch.zeros(self.n_variables + 1, B, dtype=X.dtype, device=X.device)
+        filled.index_add_(0, self.leaf_scope.reshape(-1), values.reshape(L0 * S, B).to(X.dtype))
+        return torch.where(torch.isnan(X), filled[:-1].t(), X)
+
+
+def _nanvar(X):
+    """Per-column variance of X (N, D) ignoring NaN."""
+    mean = torch.nanmean(X, 0)
+    return torch.nanmean((X - mean) ** 2, 0)
+
+
+def _choose(logits, dim, generator, greedy):
+    """argmax along ``dim``, of logits plus Gumbel noise unless ``greedy``."""
+    if not greedy:
+        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+        tiny = torch.finfo(logits.dtype).tiny
+        logits = logits - torch.log(-torch.log(u.clamp(tiny, 1.0 - 1e-7)))
+    return logits.argmax(dim)
+
+
+def _scatter_choice(stores, tgt_height, tgt_row, value, sources):
+    """stores[tgt_height][b, tgt_row] = value where value >= 0.
+
+    Within one sample each region (and partition) is reached at most once, so
+    a max-reduction of the -1-initialized stores is exact even when several
+    inactive writers share a target.
+    """
+    for s in sources:
+        sel = tgt_height == s
+        rows = torch.where(sel, tgt_row, 0)
+        vals = torch.where(sel, value, -1)
+        stores[s].scatter_reduce_(1, rows, vals, reduce="amax")
