@@ -1,0 +1,7 @@
+"""Region graphs (numpy only): the structures that circuits are built on."""
+
+from .poon_domingos import poon_domingos
+from .random_binary_tree import random_binary_trees
+from .region_graph import RegionGraph
+
+__all__ = ["RegionGraph", "poon_domingos", "random_binary_trees"]
