@@ -1,8 +1,18 @@
 """skpc: probabilistic circuits for scikit-learn, on torch."""
 
+from .classifier import EinsumNetworkClassifier
 from .einet import EinsumNetworkDensity
+from .outlier import CircuitOutlierDetector
 from .structure import RegionGraph, poon_domingos, random_binary_trees
 
 __version__ = "0.1.0"
 
-__all__ = ["EinsumNetworkDensity", "RegionGraph", "poon_domingos", "random_binary_trees", "__version__"]
+__all__ = [
+    "CircuitOutlierDetector",
+    "EinsumNetworkClassifier",
+    "EinsumNetworkDensity",
+    "RegionGraph",
+    "poon_domingos",
+    "random_binary_trees",
+    "__version__",
+]

@@ -1,17 +1,18 @@
 """A region graph compiled into index tensors, and its forward/backward passes.
 
-Layout. Every tensor of log-densities is region-major, ``(rows, B, K)``, so
-that the einsum of one level is a single batched matmul over its partitions
-and gathering children is an ``index_select`` of contiguous ``(B, K)`` blocks.
+Layout. Every tensor of log-densities is region-major with the batch last,
+``(rows, K, B)``: the einsum of one level is a single batched matmul over its
+partitions with a wide (K, B) output, and gathering children selects
+contiguous ``(K, B)`` blocks (or is a zero-copy slice).
 
 Stores. Height 0 holds the leaf regions. For every height h >= 1 (the
 topological levels of ``RegionGraph.heights``):
 
-- ``partition_store[h]`` (L_h, B, K): the einsum outputs of the partitions of
+- ``partition_store[h]`` (L_h, K, B): the einsum outputs of the partitions of
   height h. Its first ``n_single[h]`` rows belong, in order, to the regions
   of height h that have a single partition; the rest belong to regions with
   several partitions (of height >= h).
-- ``region_store[h]`` (R_h, B, K): the region values of height h: the first
+- ``region_store[h]`` (R_h, K, B): the region values of height h: the first
   ``n_single[h]`` rows are those same einsum outputs (a zero-copy slice), the
   rest are the mixing layer's outputs.
 
@@ -33,7 +34,7 @@ class CircuitParams:
     """Parameters of a compiled circuit (all on one device and dtype).
 
     leaf : (L0, S, K, T) expectation parameters of the leaf densities.
-    einsum : per height h >= 1, (L_h, K*K, K) sum weights, normalized over dim 1.
+    einsum : per height h >= 1, (L_h, K, K*K) sum weights, normalized over the last dim.
     mixing : per height h >= 1, (M_h, P_h, K) mixing weights (0 on padding),
         normalized over dim 1, or None where no region of height h mixes.
     root : (K,) weights of the root sum node.
@@ -68,7 +69,7 @@ class CircuitParams:
         """Free parameters: sum weights minus their normalization, plus leaf parameters."""
         total = 0
         for w in self.einsum:
-            total += w.shape[0] * (w.shape[1] - 1) * w.shape[2]
+            total += w.shape[0] * w.shape[1] * (w.shape[2] - 1)
         for h, m in enumerate(self.mixing):
             if m is not None:
                 sizes = (~circuit.mix_pad[h + 1]).sum(1)  # partitions per mixing region
@@ -91,7 +92,11 @@ class _Gather:
     row_height: np.ndarray = field(repr=False)  # (n,) height of each gathered row
     row: np.ndarray = field(repr=False)  # (n,) row within that height's store
 
+    start: int = -1  # >= 0 when the rows are one contiguous block of one store
+
     def __call__(self, stores):
+        if self.start >= 0:
+            return stores[self.sources[0]][self.start : self.start + len(self.row)]
         if len(self.sources) == 1:
             return stores[self.sources[0]].index_select(0, self.index)
         return torch.cat([stores[s] for s in self.sources], 0).index_select(0, self.index)
@@ -106,7 +111,10 @@ def _make_gather(heights, rows, store_sizes, device):
         offset[s] = start
         start += store_sizes[s]
     index = np.array([offset[h] + r for h, r in zip(heights, rows)], dtype=np.int64)
-    return _Gather(sources, torch.as_tensor(index, device=device), heights, rows)
+    start = -1
+    if len(sources) == 1 and len(index) and (np.diff(index) == 1).all():
+        start = int(index[0])
+    return _Gather(sources, torch.as_tensor(index, device=device), heights, rows, start)
 
 
 class CompiledCircuit:
@@ -141,11 +149,60 @@ class CompiledCircuit:
         root = graph.root
         dev = self.device
 
-        # where each region's value lives: (height, row)
-        region_loc = {}
-        leaves = [r for r in range(len(graph.regions)) if not region_parts[r]]
-        for row, r in enumerate(leaves):
-            region_loc[r] = (0, row)
+        # Row order of every store. Regions of height h come single-partition
+        # first, then multi-partition; partitions of height h follow their
+        # single-partition regions' order. Where the level below is a plain
+        # tree level (each region used by exactly one partition, as in random
+        # binary trees), it is ordered [left children..., right children...]
+        # so that both gathers become zero-copy slices.
+        n_regions = len(graph.regions)
+        leaves = [r for r in range(n_regions) if not region_parts[r]]
+        uses = np.zeros(n_regions, dtype=np.int64)
+        for _, children in graph.partitions:
+            uses[list(children)] += 1
+
+        regions_at = [[] for _ in range(H + 1)]
+        for r in range(n_regions):
+            if region_parts[r]:
+                regions_at[region_h[r]].append(r)
+        partitions_at = [[] for _ in range(H + 1)]
+        for p in range(len(graph.partitions)):
+            partitions_at[partition_h[p]].append(p)
+
+        def default_order(h):
+            single = [r for r in regions_at[h] if len(region_parts[r]) == 1]
+            return single + [r for r in regions_at[h] if len(region_parts[r]) > 1]
+
+        order_regions = {h: default_order(h) for h in range(1, H + 1)}
+        order_regions[0] = leaves
+        order_parts, mix_regions = {}, {}
+        self.n_single = [0] * (H + 1)
+        for h in range(H, 0, -1):
+            single = [r for r in order_regions[h] if len(region_parts[r]) == 1]
+            parts_h = [region_parts[r][0] for r in single]
+            taken = set(parts_h)
+            parts_h += [p for p in partitions_at[h] if p not in taken]
+            order_parts[h], mix_regions[h] = parts_h, order_regions[h][len(single) :]
+            self.n_single[h] = len(single)
+            lefts = [graph.partitions[p][1][0] for p in parts_h]
+            lefts_rights = lefts + [graph.partitions[p][1][1] for p in parts_h]
+            level = set(order_regions[h - 1])
+            if (
+                len(set(lefts_rights)) == len(lefts_rights) == len(level)
+                and set(lefts_rights) == level
+                and all(uses[r] == 1 for r in lefts_rights)
+                and (h == 1 or all(len(region_parts[r]) == 1 for r in lefts_rights))
+            ):
+                order_regions[h - 1] = lefts_rights
+
+        region_loc, partition_loc = {}, {}
+        for h in range(H + 1):
+            for row, r in enumerate(order_regions[h]):
+                region_loc[r] = (h, row)
+        for h in range(1, H + 1):
+            for row, p in enumerate(order_parts[h]):
+                partition_loc[p] = (h, row)
+        leaves = order_regions[0]
         scopes = [graph.regions[r] for r in leaves]
         self.leaf_width = max(len(s) for s in scopes)
         pad = self.n_variables  # index of an all-missing dummy column
@@ -156,27 +213,11 @@ class CompiledCircuit:
         self.n_pairs = int(sum(len(s) for s in scopes))
         self.leaf_is_simplex = self.leaf.name == "categorical"
 
-        # order partitions and regions of each height (see module docstring)
-        partition_loc = {}
-        self.n_single = [0] * (H + 1)
-        order_parts, order_regions, mix_regions = {}, {}, {}
-        for h in range(1, H + 1):
-            regions_h = [r for r in range(len(graph.regions)) if region_h[r] == h]
-            single = [r for r in regions_h if len(region_parts[r]) == 1]
-            multi = [r for r in regions_h if len(region_parts[r]) > 1]
-            parts_h = [region_parts[r][0] for r in single]
-            parts_h += [p for p in range(len(graph.partitions)) if partition_h[p] == h and p not in set(parts_h)]
-            for row, p in enumerate(parts_h):
-                partition_loc[p] = (h, row)
-            for row, r in enumerate(single + multi):
-                region_loc[r] = (h, row)
-            self.n_single[h] = len(single)
-            order_parts[h], order_regions[h], mix_regions[h] = parts_h, single + multi, multi
-
-        self.region_store_sizes = [len(leaves)] + [len(order_regions[h]) for h in range(1, H + 1)]
+        self.region_store_sizes = [len(order_regions[h]) for h in range(H + 1)]
         self.partition_store_sizes = [0] + [len(order_parts[h]) for h in range(1, H + 1)]
         self.left, self.right, self.mix_gather = [None], [None], [None]
         self.mix_pad = [None]
+        self.mix_padded = [False]
         for h in range(1, H + 1):
             parts = order_parts[h]
             lh, lr = zip(*(region_loc[graph.partitions[p][1][0]] for p in parts))
@@ -196,9 +237,11 @@ class CompiledCircuit:
                     rows += [b for _, b in locs]
                 self.mix_gather.append(_make_gather(heights, rows, self.partition_store_sizes, dev))
                 self.mix_pad.append(torch.as_tensor(pad_mask, device=dev))
+                self.mix_padded.append(bool(pad_mask.any()))
             else:
                 self.mix_gather.append(None)
                 self.mix_pad.append(None)
+                self.mix_padded.append(False)
         self.root_loc = region_loc[root]
 
     # --------------------------------------------------------------- params
@@ -228,7 +271,7 @@ class CompiledCircuit:
             w = torch.rand(shape, generator=generator, device=dev, dtype=dtype) + 0.5
             return w / w.sum(dim, keepdim=True)
 
-        einsum = [simplex((n, K * K, K), 1) for n in self.partition_store_sizes[1:]]
+        einsum = [simplex((n, K, K * K), 2) for n in self.partition_store_sizes[1:]]
         mixing = [None]
         for h in range(1, self.height + 1):
             pad = self.mix_pad[h]
@@ -241,21 +284,13 @@ class CompiledCircuit:
 
     # ------------------------------------------------------------- forward
     def leaf_inputs(self, X):
-        """Padded leaf layout of a batch X (B, D) with NaN = missing.
-
-        Returns x (L0, S, B) with missing entries filled by a valid stand-in,
-        and obs (L0, S, B) in X's dtype: 1 observed, 0 missing or padding.
-        """
+        """Per-batch leaf data of X (B, D) with NaN = missing (see ``leaf.prepare``)."""
         B = X.shape[0]
-        Xt = torch.cat([X, torch.full((B, 1), float("nan"), dtype=X.dtype, device=X.device)], 1).t()
-        x = Xt[self.leaf_scope]  # (L0, S, B)
-        missing = torch.isnan(x)
-        obs = (~missing).to(X.dtype)
-        x = x.masked_fill(missing, self.leaf.fill_value())
-        return x, obs
+        pad = torch.full((B, 1), float("nan"), dtype=X.dtype, device=X.device)  # the padding column
+        return self.leaf.prepare(torch.cat([X, pad], 1), self.leaf_scope)
 
     def forward(self, leaf_values, params, keep_trace=False):
-        """log p per sample from the leaf region values (L0, B, K).
+        """log p per sample from the leaf region values (L0, K, B).
 
         Returns (log_prob (B,), trace). ``trace`` holds every store and the
         gathered inputs of every layer when ``keep_trace`` (for sampling),
@@ -267,16 +302,17 @@ class CompiledCircuit:
         for h in range(1, self.height + 1):
             left = self.left[h](regions)
             right = self.right[h](regions)
-            out = log_einsum_exp(left, right, params.einsum[h - 1])  # (L_h, B, K)
+            out = log_einsum_exp(left, right, params.einsum[h - 1])  # (L_h, K, B)
             partitions.append(out)
             n_single = self.n_single[h]
             mixed = None
             if self.mix_gather[h] is not None:
                 M, P = self.mix_pad[h].shape
-                gathered = self.mix_gather[h](partitions)  # (M*P, B, K)
+                gathered = self.mix_gather[h](partitions)  # (M*P, K, B)
                 gathered = gathered.view(M, P, *gathered.shape[1:])
-                gathered = gathered.masked_fill(self.mix_pad[h].view(M, P, 1, 1), float("-inf"))
-                mixed = log_mix(gathered, params.mixing[h - 1])  # (M, B, K)
+                if self.mix_padded[h]:
+                    gathered = gathered.masked_fill(self.mix_pad[h].view(M, P, 1, 1), float("-inf"))
+                mixed = log_mix(gathered, params.mixing[h - 1])  # (M, K, B)
                 region = torch.cat([out[:n_single], mixed], 0) if n_single else mixed
             else:
                 region = out[:n_single]
@@ -290,8 +326,7 @@ class CompiledCircuit:
 
     def log_prob(self, X, params):
         """log p(x) per row of X (B, D); NaN entries are marginalized."""
-        x, obs = self.leaf_inputs(X)
-        leaf_values = self.leaf.region_log_prob(x, obs, params.leaf)
+        leaf_values = self.leaf.region_log_prob(self.leaf_inputs(X), params.leaf)
         return self.forward(leaf_values, params)[0]
 
     # ------------------------------------------------------------ backward
@@ -306,7 +341,7 @@ class CompiledCircuit:
         where the region is not in the sample's tree.
         """
         _, (regions, partitions, inputs) = self.forward(leaf_values, params, keep_trace=True)
-        B = leaf_values.shape[1]
+        B = leaf_values.shape[2]
         K = self.n_sums
         dev = leaf_values.device
         H = self.height
@@ -314,8 +349,8 @@ class CompiledCircuit:
         partition_k = [torch.full((B, n), -1, dtype=torch.long, device=dev) for n in self.partition_store_sizes]
 
         h, row = self.root_loc
-        logits = torch.log(params.root) + regions[h][row]  # (B, K)
-        region_k[h][:, row] = _choose(logits, -1, generator, greedy)
+        logits = torch.log(params.root).unsqueeze(1) + regions[h][row]  # (K, B)
+        region_k[h][:, row] = _choose(logits, 0, generator, greedy)
 
         for h in range(H, 0, -1):
             n_single = self.n_single[h]
@@ -326,8 +361,8 @@ class CompiledCircuit:
                 k = region_k[h][:, n_single:]  # (B, M)
                 active = k >= 0
                 kk = k.clamp_min(0).t()  # (M, B)
-                # log V[m, p, k_b] + Y[m, p, b, k_b] -> (M, P, B)
-                value = torch.gather(gathered, 3, kk.view(M, 1, B, 1).expand(M, P, B, 1)).squeeze(-1)
+                # log V[m, p, k_mb] + Y[m, p, k_mb, b] -> (M, P, B)
+                value = torch.gather(gathered, 2, kk.view(M, 1, 1, B).expand(M, P, 1, B)).squeeze(2)
                 log_w = torch.log(params.mixing[h - 1])  # (M, P, K)
                 log_w = torch.gather(log_w, 2, kk.unsqueeze(1).expand(M, P, B))
                 choice = _choose(value + log_w, 1, generator, greedy)  # (M, B)
@@ -341,10 +376,11 @@ class CompiledCircuit:
             k = partition_k[h]  # (B, L_h)
             active = k >= 0
             Lh = k.shape[1]
-            w = params.einsum[h - 1].transpose(1, 2)  # (L, K_out, K*K)
-            log_w = torch.log(torch.gather(w, 1, k.clamp_min(0).t().unsqueeze(-1).expand(Lh, B, K * K)))
-            logits = log_w + (left.unsqueeze(-1) + right.unsqueeze(-2)).reshape(Lh, B, K * K)
-            ij = _choose(logits, -1, generator, greedy)  # (L, B)
+            # log W[l, k_lb, ij] + N[l, i, b] + N'[l, j, b] -> (L, K*K, B)
+            w = params.einsum[h - 1].transpose(1, 2)  # (L, K*K, K_out)
+            log_w = torch.log(torch.gather(w, 2, k.clamp_min(0).t().unsqueeze(1).expand(Lh, K * K, B)))
+            logits = log_w + (left.unsqueeze(2) + right.unsqueeze(1)).reshape(Lh, K * K, B)
+            ij = _choose(logits, 1, generator, greedy)  # (L, B)
             for spec, child_k in ((self.left[h], ij // K), (self.right[h], ij % K)):
                 val = torch.where(active, child_k.t(), -1)  # (B, L)
                 tgt_h = torch.as_tensor(spec.row_height, device=dev).expand(B, Lh)
@@ -354,8 +390,7 @@ class CompiledCircuit:
 
     def complete(self, X, params, generator, greedy):
         """Fill the NaN entries of X (B, D): conditional sample or greedy MPE."""
-        x, obs = self.leaf_inputs(X)
-        leaf_values = self.leaf.region_log_prob(x, obs, params.leaf)
+        leaf_values = self.leaf.region_log_prob(self.leaf_inputs(X), params.leaf)
         choice = self.backtrack(leaf_values, params, generator, greedy)  # (L0, B)
         L0, S = self.leaf_scope.shape
         B = X.shape[0]

@@ -43,14 +43,14 @@ def e_step(circuit, X, params):
 
     Returns (log_prob (B,) detached, ExpectedStatistics).
     """
-    x, obs = circuit.leaf_inputs(X)
+    data = circuit.leaf_inputs(X)
     with torch.no_grad():
-        leaf_values = circuit.leaf.region_log_prob(x, obs, params.leaf)  # (L0, B, K)
+        leaf_values = circuit.leaf.region_log_prob(data, params.leaf)  # (L0, K, B)
     leaf_values.requires_grad_(True)
     weights = [w.detach().requires_grad_(True) for w in params.tensors()]
     log_prob, _ = circuit.forward(leaf_values, params.with_weights(weights))
     grads = torch.autograd.grad(log_prob.sum(), [leaf_values, *weights])
-    leaf_stats, leaf_counts = circuit.leaf.expected_statistics(x, obs, grads[0])
+    leaf_stats, leaf_counts = circuit.leaf.expected_statistics(data, grads[0])
     weight_counts = [w.detach() * g for w, g in zip(weights, grads[1:])]
     return log_prob.detach(), ExpectedStatistics(leaf_stats, leaf_counts, weight_counts)
 
@@ -80,7 +80,7 @@ def m_step(circuit, params, stats, step_size):
     mixing_masks = [(~pad).unsqueeze(-1).to(phi.dtype) for pad in circuit.mix_pad[1:] if pad is not None]
     for i, (old, cnt) in enumerate(zip(tensors, stats.weight_counts)):
         if i < n_einsum:
-            new = _normalize_counts(cnt, old, 1)
+            new = _normalize_counts(cnt, old, 2)
         elif i < len(tensors) - 1:
             new = _normalize_counts(cnt, old, 1, mixing_masks[i - n_einsum])
         else:

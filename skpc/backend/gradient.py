@@ -27,7 +27,7 @@ def constrain(circuit, params_like, tensors):
     weights = []
     for i, z in enumerate(logits):
         if i < n_einsum:
-            weights.append(torch.softmax(z, dim=1))
+            weights.append(torch.softmax(z, dim=2))
         elif i < len(logits) - 1:
             pad = pads[i - n_einsum].unsqueeze(-1)  # (M, P, 1): padding gets weight 0
             weights.append(torch.softmax(z.masked_fill(pad, float("-inf")), dim=1))

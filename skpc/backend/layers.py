@@ -22,38 +22,42 @@ def _finite_max(t, dim):
 def log_einsum_exp(left, right, weight):
     """All partitions of one topological level in one contraction.
 
-    S[l, b, k] = log sum_ij W[l, ij, k] exp(N[l, b, i] + N'[l, b, j])
+    S[l, k, b] = log sum_ij W[l, k, ij] exp(N[l, i, b] + N'[l, j, b])
+
+    The batch is the last axis so that the contraction is a batched matmul
+    with a wide output, (K_out, K*K) @ (K*K, B): several times faster on a
+    CPU than the (B, K*K) @ (K*K, K_out) orientation for small K.
 
     Parameters
     ----------
-    left, right : Tensor (L, B, K)
+    left, right : Tensor (L, K, B)
         Log-densities of each partition's two child regions.
-    weight : Tensor (L, K*K, K_out)
-        Linear-domain sum weights, each column summing to one over ij.
+    weight : Tensor (L, K_out, K*K)
+        Linear-domain sum weights, each row summing to one over ij.
 
     Returns
     -------
-    Tensor (L, B, K_out)
+    Tensor (L, K_out, B)
     """
-    L, B, K = left.shape
-    max_left = _finite_max(left, -1)  # (L, B, 1)
-    max_right = _finite_max(right, -1)
+    L, K, B = left.shape
+    max_left = _finite_max(left, 1)  # (L, 1, B)
+    max_right = _finite_max(right, 1)
     exp_left = torch.exp(left - max_left)
     exp_right = torch.exp(right - max_right)
-    # outer product of the children: (L, B, K, 1) * (L, B, 1, K) -> (L, B, K*K)
-    outer = (exp_left.unsqueeze(-1) * exp_right.unsqueeze(-2)).reshape(L, B, K * K)
-    prob = torch.bmm(outer, weight)  # (L, B, K*K) @ (L, K*K, K_out) -> (L, B, K_out)
+    # outer product of the children: (L, K, 1, B) * (L, 1, K, B) -> (L, K*K, B)
+    outer = (exp_left.unsqueeze(2) * exp_right.unsqueeze(1)).reshape(L, K * K, B)
+    prob = torch.bmm(weight, outer)  # (L, K_out, K*K) @ (L, K*K, B) -> (L, K_out, B)
     return torch.log(prob) + (max_left + max_right)
 
 
 def log_mix(values, weight):
     """Mixing layer: convex combination of a region's partitions.
 
-    R[m, b, k] = log sum_p V[m, p, k] exp(Y[m, p, b, k])
+    R[m, k, b] = log sum_p V[m, p, k] exp(Y[m, p, k, b])
 
     Parameters
     ----------
-    values : Tensor (M, P, B, K)
+    values : Tensor (M, P, K, B)
         Log-densities of each region's partitions, padded with -inf to the
         widest region's P.
     weight : Tensor (M, P, K)
@@ -61,15 +65,15 @@ def log_mix(values, weight):
 
     Returns
     -------
-    Tensor (M, B, K)
+    Tensor (M, K, B)
     """
-    shift = _finite_max(values, 1)  # (M, 1, B, K)
-    prob = (torch.exp(values - shift) * weight.unsqueeze(2)).sum(1)  # (M, B, K)
+    shift = _finite_max(values, 1)  # (M, 1, K, B)
+    prob = (torch.exp(values - shift) * weight.unsqueeze(-1)).sum(1)  # (M, K, B)
     return torch.log(prob) + shift.squeeze(1)
 
 
 def log_root(values, weight):
-    """The root sum node: log sum_k w_k exp(v[b, k]); values (B, K), weight (K,) -> (B,)."""
-    shift = _finite_max(values, -1)  # (B, 1)
-    prob = torch.exp(values - shift) @ weight
-    return torch.log(prob) + shift.squeeze(-1)
+    """The root sum node: log sum_k w_k exp(v[k, b]); values (K, B), weight (K,) -> (B,)."""
+    shift = _finite_max(values, 0)  # (1, B)
+    prob = weight @ torch.exp(values - shift)
+    return torch.log(prob) + shift.squeeze(0)

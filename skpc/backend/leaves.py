@@ -3,30 +3,31 @@
 A leaf *region* of an Einsum Network is a vector of K densities, each the
 product of univariate densities over the region's scope (Peharz et al. 2020,
 section 3.3). All leaf regions are evaluated together in a padded layout:
+leaf region l has the variables ``scope[l, :]`` (S wide; narrower regions are
+padded with a dummy, always-missing variable), and
 
-    x      (L, S, B)   the value of the s-th variable of leaf region l, per sample
-    obs    (L, S, B)   1.0 where that value is observed, 0.0 where it is missing
-                       or where (l, s) is padding (regions narrower than S)
     phi    (L, S, K, T) expectation parameters E[T(x)] of the K univariate
-                       densities of each (region, variable) pair
+                        densities of each (region, variable) pair.
 
-so a leaf region's log-density is ``sum_s obs * log p(x_s | phi_s)`` and a
-missing entry contributes log 1 = 0: it is marginalized exactly.
+A region's log-density is ``sum_s obs_s * log p(x_s | phi_s)``, so a missing
+entry contributes log 1 = 0: it is marginalized exactly.
 
 For a family with natural parameters theta(phi), log normalizer term c(phi)
 and base measure h(x),
 
-    log p(x) = T(x) . theta + c + h(x),
+    log p(x) = T(x) . theta + c + log h(x),
 
-so the whole leaf layer is ONE batched matmul of the (masked) sufficient
-statistics against the stacked natural parameters: ``(L, B, S*(T+1)) @
-(L, S*(T+1), K)``. No dense (n_features x K x regions) tensor is formed.
-Categorical leaves with many states use a gather instead of a one-hot matmul.
+so the whole leaf layer is ONE batched matmul of the stacked natural
+parameters against the masked statistics [obs*T(x), obs, obs*log h(x)] of the
+batch: ``(L, K, S*F) @ (L, S*F, B) -> (L, K, B)``. No dense (n_features x K x
+regions) tensor is formed. Categorical leaves gather log-probabilities instead
+of multiplying by one-hot vectors.
 
 EM needs, per leaf, the posterior-weighted statistics ``sum_b p(leaf|x_b)
 T(x_b)``; since the region value is a sum over its scope, the posterior of a
 univariate leaf equals the gradient of log p(x) with respect to its region's
-value, so ``expected_statistics`` takes that gradient G (L, B, K).
+value, so ``expected_statistics`` takes that gradient G (L, K, B) and needs
+one more matmul.
 """
 
 import math
@@ -48,15 +49,16 @@ class ExponentialFamilyLeaf:
 
     name = "base"
     n_stats = 1
+    has_base_measure = False
 
     # ----------------------------------------------------------- statistics
     def sufficient_statistics(self, x):
-        """T(x): (L, S, B) -> (L, S, B, T)."""
+        """T(x): (...) -> (..., T)."""
         raise NotImplementedError
 
     def base_measure(self, x):
-        """log h(x): (L, S, B) -> (L, S, B), or None when h = 1."""
-        return None
+        """log h(x), same shape as x (only when ``has_base_measure``)."""
+        raise NotImplementedError
 
     def natural(self, phi):
         """(theta (L, S, K, T), c (L, S, K)) from phi (L, S, K, T)."""
@@ -67,40 +69,63 @@ class ExponentialFamilyLeaf:
         return phi
 
     # ------------------------------------------------------------ forward
-    def region_log_prob(self, x, obs, phi):
-        """Log-densities of all leaf regions: (L, B, K).
+    def prepare(self, X, scope):
+        """Per-batch data in the layout the leaf layer contracts against.
 
-        One matmul: [obs * T(x), obs] (L, B, S*(T+1)) @ [theta; c]
-        (L, S*(T+1), K), plus the base measure summed over the scope.
+        X (B, D+1) with NaN = missing (column D is an all-NaN dummy that
+        padding points to); scope (L, S) variable indices. Returns the
+        masked statistics (L, S*F, B) with F = ``n_columns``:
+        [obs * T(x), obs, (obs * log h(x))] per pair. Built once per batch,
+        it serves both the forward matmul and the E-step.
         """
-        L, S, B = x.shape
-        K = phi.shape[2]
-        theta, c = self.natural(phi)
-        stats = self.sufficient_statistics(x) * obs.unsqueeze(-1)  # (L, S, B, T)
-        lhs = torch.cat([stats, obs.unsqueeze(-1)], dim=-1)  # (L, S, B, T+1)
-        lhs = lhs.permute(0, 2, 1, 3).reshape(L, B, S * (self.n_stats + 1))
-        rhs = torch.cat([theta, c.unsqueeze(-1)], dim=-1)  # (L, S, K, T+1)
-        rhs = rhs.permute(0, 1, 3, 2).reshape(L, S * (self.n_stats + 1), K)
-        out = torch.bmm(lhs, rhs)  # (L, B, K)
-        h = self.base_measure(x)
-        if h is not None:
-            out = out + (h * obs).sum(1).unsqueeze(-1)
-        return out
+        Xt = X.t()  # (D+1, B)
+        missing = torch.isnan(Xt)
+        obs = (~missing).to(X.dtype)
+        x = Xt.masked_fill(missing, self.fill_value())
+        cols = [self.sufficient_statistics(x) * obs.unsqueeze(-1), obs.unsqueeze(-1)]
+        if self.has_base_measure:
+            cols.append((self.base_measure(x) * obs).unsqueeze(-1))
+        stats = torch.cat(cols, dim=-1).transpose(1, 2).contiguous()  # (D+1, F, B)
+        L, S = scope.shape
+        # index_select copies contiguous (F, B) blocks: far faster than indexing
+        return stats.index_select(0, scope.reshape(-1)).view(L, S * stats.shape[1], -1)
 
-    def expected_statistics(self, x, obs, grad):
+    def _stacked_natural(self, phi):
+        """[theta, c, (1)] per pair, laid out to match ``prepare``: (L, K, S*F)."""
+        theta, c = self.natural(phi)
+        cols = [theta, c.unsqueeze(-1)]
+        if self.has_base_measure:
+            cols.append(torch.ones_like(c).unsqueeze(-1))
+        lhs = torch.cat(cols, dim=-1)  # (L, S, K, F)
+        L, S, K, F = lhs.shape
+        return lhs.transpose(1, 2).reshape(L, K, S * F)
+
+    def region_log_prob(self, data, phi):
+        """Log-densities of all leaf regions: (L, K, B).
+
+        One matmul: [theta, c, 1] (L, K, S*F) @ [obs * T(x); obs; obs * log h]
+        (L, S*F, B): a missing entry contributes 0, i.e. it is marginalized.
+        """
+        return torch.bmm(self._stacked_natural(phi), data)
+
+    def expected_statistics(self, data, grad):
         """Posterior-weighted statistics for the M-step.
 
-        grad (L, B, K) is d log p / d(leaf region value) summed into each
-        sample's row. Returns (stats (L, S, K, T), counts (L, S, K)) where
+        grad (L, K, B) is d log p / d(leaf region value) for each sample.
+        Returns (stats (L, S, K, T), counts (L, S, K)) where
         stats = sum_b obs * grad * T(x) and counts = sum_b obs * grad.
         """
-        L, S, B = x.shape
-        stats = self.sufficient_statistics(x) * obs.unsqueeze(-1)  # (L, S, B, T)
-        lhs = torch.cat([stats, obs.unsqueeze(-1)], dim=-1)
-        lhs = lhs.permute(0, 1, 3, 2).reshape(L, S * (self.n_stats + 1), B)
-        acc = torch.bmm(lhs, grad).reshape(L, S, self.n_stats + 1, -1)  # (L, S, T+1, K)
-        acc = acc.permute(0, 1, 3, 2)  # (L, S, K, T+1)
-        return acc[..., :-1], acc[..., -1]
+        L, SF, B = data.shape
+        F = self.n_columns
+        K = grad.shape[1]
+        acc = torch.bmm(grad, data.transpose(1, 2))  # (L, K, B) @ (L, B, S*F) -> (L, K, S*F)
+        acc = acc.view(L, K, SF // F, F).transpose(1, 2)  # (L, S, K, F)
+        return acc[..., : self.n_stats], acc[..., self.n_stats]
+
+    @property
+    def n_columns(self):
+        """F: statistics, the observed indicator, and log h(x) when h != 1."""
+        return self.n_stats + 1 + int(self.has_base_measure)
 
     # ------------------------------------------------------ sampling, mode
     def sample(self, phi, generator):
@@ -246,6 +271,7 @@ class BinomialLeaf(_BinaryLogitLeaf):
     """Binomial on {0, ..., n_trials}; phi = E[x] = n_trials * p."""
 
     name = "binomial"
+    has_base_measure = True
 
     def __init__(self, n_trials):
         self.n_trials = int(n_trials)
@@ -281,25 +307,30 @@ class CategoricalLeaf(ExponentialFamilyLeaf):
         phi = phi.clamp_min(PROB_FLOOR)
         return phi / phi.sum(-1, keepdim=True)
 
-    def region_log_prob(self, x, obs, phi):
+    def prepare(self, X, scope):
+        """(x (L, S, B) long with missing entries set to 0, obs (L, S, B))."""
+        x = X.t()[scope]  # (D+1, B)[scope] -> (L, S, B)
+        missing = torch.isnan(x)
+        return x.masked_fill(missing, 0).long(), (~missing).to(X.dtype)
+
+    def region_log_prob(self, data, phi):
+        x, obs = data
         L, S, B = x.shape
         K = phi.shape[2]
-        log_p = torch.log(self.project(phi)).transpose(2, 3)  # (L, S, C, K)
-        index = x.long().unsqueeze(-1).expand(L, S, B, K)
-        ll = torch.gather(log_p, 2, index)  # (L, S, B, K)
-        return (ll * obs.unsqueeze(-1)).sum(1)
+        log_p = torch.log(self.project(phi))  # (L, S, K, C)
+        ll = torch.gather(log_p, 3, x.unsqueeze(2).expand(L, S, K, B))  # (L, S, K, B)
+        return (ll * obs.unsqueeze(2)).sum(1)  # (L, K, B)
 
-    def expected_statistics(self, x, obs, grad):
+    def expected_statistics(self, data, grad):
+        x, obs = data
         L, S, B = x.shape
-        K = grad.shape[-1]
-        C = self.n_categories
-        counts = torch.bmm(obs, grad)  # (L, S, K)
-        # weighted one-hot counts: rows (l, s, x) accumulate obs * grad[l, b]
-        weighted = obs.unsqueeze(-1) * grad.unsqueeze(1)  # (L, S, B, K)
-        rows = (torch.arange(L * S, device=x.device).view(L, S, 1) * C + x.long()).reshape(-1)
-        stats = torch.zeros(L * S * C, K, dtype=grad.dtype, device=grad.device)
-        stats.index_add_(0, rows, weighted.reshape(-1, K))
-        return stats.view(L, S, C, K).transpose(2, 3), counts
+        K = grad.shape[1]
+        counts = torch.bmm(obs, grad.transpose(1, 2))  # (L, S, B) @ (L, B, K) -> (L, S, K)
+        # weighted one-hot counts: state x[l, s, b] accumulates obs * grad[l, k, b]
+        weighted = obs.unsqueeze(2) * grad.unsqueeze(1)  # (L, S, K, B)
+        stats = torch.zeros(L, S, K, self.n_categories, dtype=grad.dtype, device=grad.device)
+        stats.scatter_add_(3, x.unsqueeze(2).expand(L, S, K, B), weighted)
+        return stats, counts
 
     def sample(self, phi, generator):
         p = self.project(phi)
