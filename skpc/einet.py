@@ -21,9 +21,6 @@ from .base import (
 )
 from .structure import RegionGraph, poon_domingos, random_binary_trees
 
-# Rows per forward pass when scoring or sampling (memory, not semantics).
-_EVAL_BATCH = 1024
-
 
 class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
     """Einsum Network density estimator (Peharz et al., ICML 2020).
@@ -300,7 +297,8 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
         if continuing:
             graph, n_sums = self.region_graph_, self.n_sums_
         else:
-            graph = self._build_graph(n_features, random_state=int(torch.randint(2**31 - 1, (1,), generator=generator)))
+            structure_seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=device))
+            graph = self._build_graph(n_features, random_state=structure_seed)
             n_sums = self.n_sums
         leaf = self._make_leaf(n_categories, n_trials)
         circuit = CompiledCircuit(graph, n_sums, leaf, device)
@@ -347,7 +345,7 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
             total = 0.0
             if full_batch:
                 stats = None
-                for idx in batches(n_samples, _EVAL_BATCH, device=Xt.device):
+                for idx in batches(n_samples, circuit.chunk_size(), device=Xt.device):
                     log_prob, batch_stats = e_step(circuit, Xt[idx], params)
                     total += float(log_prob.sum())
                     if stats is None:
@@ -491,7 +489,7 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
         circuit, params = self._circuit, self.params_
         out = []
         with torch.no_grad():
-            for idx in batches(X.shape[0], _EVAL_BATCH):
+            for idx in batches(X.shape[0], circuit.chunk_size()):
                 out.append(circuit.complete(self._to_tensor(X[idx.numpy()]), params, generator, greedy))
         result = torch.cat(out).cpu().double().numpy()
         observed = ~np.isnan(X)
@@ -515,6 +513,6 @@ def _check_finite(value):
 def _score_in_batches(circuit, params, Xt):
     out = []
     with torch.no_grad():
-        for idx in batches(Xt.shape[0], _EVAL_BATCH, device=Xt.device):
+        for idx in batches(Xt.shape[0], circuit.chunk_size(), device=Xt.device):
             out.append(circuit.log_prob(Xt[idx], params))
     return torch.cat(out).cpu().double().numpy()

@@ -244,6 +244,15 @@ class CompiledCircuit:
                 self.mix_padded.append(False)
         self.root_loc = region_loc[root]
 
+    def chunk_size(self, budget=2**25):
+        """Rows per forward pass so that the widest intermediate tensor
+        (the outer products of a level, (L_h, K*K, B), or the leaf
+        statistics) stays under ``budget`` elements. Semantics never depend
+        on it; memory does."""
+        K = self.n_sums
+        widest = max([n * K * K for n in self.partition_store_sizes[1:]] + [self.leaf_scope.numel() * 4, 1])
+        return int(min(4096, max(16, budget // widest)))
+
     # --------------------------------------------------------------- params
     def init_params(self, X, generator, dtype):
         """Random sum weights and data-dependent leaves.
