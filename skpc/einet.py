@@ -264,7 +264,7 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
 
     def _validate_fitted(self, X):
         check_is_fitted(self, "params_")
-        X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite="allow-nan")
+        X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite=False)
         self._check_values(X, self.n_categories_, self.n_trials_)
         return X
 
@@ -278,7 +278,7 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
         self
         """
         continuing = self._continuing()
-        X = validate_data(self, X, reset=not continuing, dtype=np.float64, ensure_all_finite="allow-nan")
+        X = validate_data(self, X, reset=not continuing, dtype=np.float64, ensure_all_finite=False)
         n_samples, n_features = X.shape
         if continuing:
             n_categories, n_trials = self.n_categories_, self.n_trials_

@@ -277,8 +277,10 @@ class CompiledCircuit:
         leaf = self.leaf.init_phi(values, col_var, generator)
 
         def simplex(shape, dim):
-            w = torch.rand(shape, generator=generator, device=dev, dtype=dtype) + 0.5
-            return w / w.sum(dim, keepdim=True)
+            # drawn in float64 whatever the dtype: equal seeds start float32
+            # and float64 fits from the same point
+            w = torch.rand(shape, generator=generator, device=dev, dtype=torch.float64) + 0.5
+            return (w / w.sum(dim, keepdim=True)).to(dtype)
 
         einsum = [simplex((n, K, K * K), 2) for n in self.partition_store_sizes[1:]]
         mixing = [None]

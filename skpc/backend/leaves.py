@@ -349,7 +349,8 @@ class CategoricalLeaf(ExponentialFamilyLeaf):
 
     def init_phi(self, x_values, spread, generator):
         onehot = torch.nn.functional.one_hot(x_values.long(), self.n_categories).to(x_values.dtype)
-        noise = torch.rand(onehot.shape, generator=generator, device=x_values.device, dtype=x_values.dtype)
+        noise = torch.rand(onehot.shape, generator=generator, device=x_values.device, dtype=torch.float64)
+        noise = noise.to(x_values.dtype)
         return self.project(0.5 * onehot + 0.5 * noise / noise.sum(-1, keepdim=True))
 
 

@@ -1,0 +1,362 @@
+"""Shared helpers of the engine's numerical tests: state enumeration,
+brute-force marginals, small fitted models and hand-built region graphs."""
+
+import itertools
+import math
+
+import numpy as np
+from scipy import stats
+from scipy.special import logsumexp
+
+from skpc import EinsumNetworkDensity, RegionGraph
+from skpc.backend.leaves import PROB_FLOOR
+
+NEG_INF = float("-inf")
+
+
+def all_states(n_variables, n_states=2):
+    """Every joint state of ``n_variables`` variables with values 0..n_states-1.
+
+    Returns
+    -------
+    ndarray of shape (n_states ** n_variables, n_variables), float64
+    """
+    return np.array(list(itertools.product(range(n_states), repeat=n_variables)), dtype=np.float64)
+
+
+def brute_force_log_marginal(model, X, n_states):
+    """log p(observed part of each row) by summing the full joint over the
+    missing variables' states (each row's NaN entries), via ``score_samples``
+    on complete rows only.
+
+    Parameters
+    ----------
+    model : fitted estimator with discrete leaves
+    X : array of shape (n_samples, n_features), NaN = missing
+    n_states : int
+        Number of values of every variable (0..n_states-1).
+
+    Returns
+    -------
+    ndarray of shape (n_samples,)
+    """
+    X = np.asarray(X, dtype=np.float64)
+    out = np.empty(X.shape[0])
+    for i, row in enumerate(X):
+        missing = np.flatnonzero(np.isnan(row))
+        completions = np.repeat(row[None, :], n_states ** len(missing), axis=0)
+        completions[:, missing] = all_states(len(missing), n_states)
+        out[i] = logsumexp(model.score_samples(completions))
+    return out
+
+
+def random_data(n_samples, n_features, n_states, rng, nan_fraction=0.0):
+    """Correlated discrete data: a latent class per row picks per-feature
+    probabilities, so that fitted models are far from their initialization."""
+    n_classes = 3
+    probs = rng.dirichlet(np.full(n_states, 0.5), size=(n_classes, n_features))  # (C, D, S)
+    z = rng.integers(n_classes, size=n_samples)
+    u = rng.random((n_samples, n_features, 1))
+    X = (u > probs[z].cumsum(-1)).sum(-1).clip(max=n_states - 1).astype(np.float64)
+    if nan_fraction:
+        X[rng.random(X.shape) < nan_fraction] = np.nan
+    return X
+
+
+def fit_discrete(leaf, n_features, n_states, *, seed=0, n_samples=200, max_iter=3, **params):
+    """A model (float64 unless ``dtype`` is given) with discrete leaves fitted by a few EM epochs on random data."""
+    rng = np.random.default_rng(seed)
+    X = random_data(n_samples, n_features, n_states, rng)
+    defaults = dict(n_sums=3, n_repetitions=2, max_iter=max_iter, batch_size=None, tol=None, dtype="float64")
+    defaults.update(params)
+    extra = {}
+    if leaf == "categorical":
+        extra["n_categories"] = n_states
+    if leaf == "binomial":
+        extra["n_trials"] = n_states - 1
+    model = EinsumNetworkDensity(leaf=leaf, random_state=seed, **extra, **defaults)
+    return model.fit(X), X
+
+
+def hand_built_graph():
+    """4 variables; the root has 4 partitions, one of them 3-way (the compiler
+    binarizes it, creating the region {0, 1, 3}), and the inner region
+    {1, 2, 3} has 2 partitions of different heights, so the mixing layers
+    gather partitions of several levels.
+    """
+    regions = [
+        (0, 1, 2, 3),  # 0 root
+        (0, 1),  # 1
+        (2, 3),  # 2
+        (0, 2),  # 3
+        (1, 3),  # 4
+        (0,),  # 5
+        (1,),  # 6
+        (2,),  # 7
+        (3,),  # 8
+        (1, 2, 3),  # 9
+        (1, 2),  # 10
+    ]
+    partitions = [
+        (0, (1, 2)),
+        (0, (3, 4)),
+        (0, (5, 9)),
+        (0, (7, 8, 1)),  # 3-way: becomes (7, {0,1,3}) and ({0,1,3}, (8, 1))
+        (1, (5, 6)),
+        (2, (7, 8)),
+        (3, (5, 7)),
+        (4, (6, 8)),
+        (9, (10, 8)),
+        (9, (6, 2)),
+        (10, (6, 7)),
+    ]
+    return RegionGraph(4, regions, partitions).validate()
+
+
+def hand_built_graph_5():
+    """5 variables: a root with 3 partitions (one 3-way), an inner region
+    with 2 partitions, and a leaf region of two variables."""
+    regions = [
+        (0, 1, 2, 3, 4),  # 0 root
+        (0, 1),  # 1 (leaf region of two variables)
+        (2, 3, 4),  # 2
+        (2,),  # 3
+        (3, 4),  # 4
+        (0, 1, 2),  # 5
+        (3,),  # 6
+        (4,),  # 7
+        (2, 3),  # 8
+    ]
+    partitions = [
+        (0, (1, 2)),
+        (0, (5, 4)),
+        (0, (3, 1, 4)),  # 3-way: becomes (3, {0,1,3,4}) and ({0,1,3,4}, (1, 4))
+        (2, (3, 4)),
+        (2, (8, 7)),
+        (4, (6, 7)),
+        (5, (1, 3)),
+        (8, (3, 6)),
+    ]
+    return RegionGraph(5, regions, partitions).validate()
+
+
+# --------------------------------------------------------------------------
+# Naive per-node evaluation of a compiled circuit (reference implementation)
+
+
+def ref_logsumexp(terms):
+    """Stable log(sum(exp(terms))) with an exactly rounded sum (math.fsum)."""
+    terms = [t for t in terms if t != NEG_INF]
+    if not terms:
+        return NEG_INF
+    m = max(terms)
+    return m + math.log(math.fsum(math.exp(t - m) for t in terms))
+
+
+def _layout(circuit):
+    """Where every region and partition of ``circuit.graph`` lives in the
+    compiled circuit, recovered without assuming the compiler's row order.
+
+    Each store row is identified by what the circuit's own index tensors say
+    it computes: a leaf row by its scope, a partition row by the scopes of
+    the two children its gathers read, a region row by its partition(s).
+    Graph partitions are then matched by their children's scopes, so a
+    miswired gather surfaces as a partition the graph does not have.
+
+    Returns
+    -------
+    leaf_row : {region: row}, part_loc : {partition: (height, row)},
+    mix_loc : {region: (height, row, {partition: column})}
+    """
+    graph = circuit.graph
+    n = circuit.n_variables
+    region_index = {scope: r for r, scope in enumerate(graph.regions)}
+    partition_index = {
+        (graph.regions[a], graph.regions[b]): p for p, (_, (a, b)) in enumerate(graph.partitions)
+    }
+    loc_scope = {}
+    leaf_row = {}
+    for row, scope in enumerate(circuit.leaf_scope.tolist()):
+        scope = tuple(v for v in scope if v < n)
+        loc_scope[(0, row)] = scope
+        leaf_row[region_index[scope]] = row
+        assert not graph.region_partitions()[region_index[scope]], "a leaf row holds an inner region"
+    part_loc, part_at, mix_loc = {}, {}, {}
+    for h in range(1, circuit.height + 1):
+        left, right = circuit.left[h], circuit.right[h]
+        for i in range(len(left.row)):
+            a = loc_scope[(int(left.row_height[i]), int(left.row[i]))]
+            b = loc_scope[(int(right.row_height[i]), int(right.row[i]))]
+            p = partition_index[(a, b)]  # KeyError: the circuit computes a partition the graph lacks
+            part_loc[p] = (h, i)
+            part_at[(h, i)] = p
+        n_single = circuit.n_single[h]
+        for row in range(n_single):
+            p = part_at[(h, row)]
+            loc_scope[(h, row)] = graph.regions[graph.partitions[p][0]]
+        if circuit.mix_gather[h] is not None:
+            pad = circuit.mix_pad[h].numpy()
+            M, P = pad.shape
+            spec = circuit.mix_gather[h]
+            for m in range(M):
+                cols = {}
+                for c in range(P):
+                    if not pad[m, c]:
+                        j = m * P + c
+                        cols[part_at[(int(spec.row_height[j]), int(spec.row[j]))]] = c
+                parents = {graph.partitions[p][0] for p in cols}
+                assert len(parents) == 1, "a mixing row mixes partitions of different regions"
+                r = parents.pop()
+                assert sorted(cols) == graph.region_partitions()[r], "a mixing row misses partitions"
+                loc_scope[(h, n_single + m)] = graph.regions[r]
+                mix_loc[r] = (h, m, cols)
+    assert sorted(part_loc) == list(range(len(graph.partitions)))
+    h, row = circuit.root_loc
+    assert loc_scope[(h, row)] == tuple(range(n))
+    return leaf_row, part_loc, mix_loc
+
+
+def _leaf_logpdf(leaf, x, phi):
+    """log p(x | phi) of one univariate leaf (numpy/scipy only)."""
+    if leaf.name == "gaussian":
+        mu = phi[0]
+        var = min(max(phi[1] - mu * mu, leaf.min_var), leaf.max_var or np.inf)
+        return stats.norm.logpdf(x, mu, math.sqrt(var))
+    if leaf.name == "bernoulli":
+        return stats.bernoulli.logpmf(x, min(max(phi[0], PROB_FLOOR), 1 - PROB_FLOOR))
+    if leaf.name == "binomial":
+        p = min(max(phi[0] / leaf.n_trials, PROB_FLOOR), 1 - PROB_FLOOR)
+        return stats.binom.logpmf(x, leaf.n_trials, p)
+    if leaf.name == "categorical":
+        p = np.maximum(phi, PROB_FLOOR)
+        return math.log(p[int(x)] / p.sum())
+    raise AssertionError(leaf.name)
+
+
+class NaiveCircuit:
+    """Per-node evaluation of a compiled circuit by recursion over its region
+    graph, with Python loops and scipy leaf densities (float64).
+
+    Parameters
+    ----------
+    circuit : CompiledCircuit
+    params : CircuitParams
+    """
+
+    def __init__(self, circuit, params):
+        self.graph = circuit.graph
+        self.leaf = circuit.leaf
+        self.K = circuit.n_sums
+        self.parts = self.graph.region_partitions()
+        self.leaf_row, self.part_loc, self.mix_loc = _layout(circuit)
+        self.phi = params.leaf.numpy()
+        self.einsum = [w.numpy() for w in params.einsum]
+        self.mixing = [None if m is None else m.numpy() for m in params.mixing]
+        self.root = params.root.numpy()
+
+    def _weights(self, p):
+        """(K*K, K_out) weights of partition p, whichever way they are stored."""
+        h, row = self.part_loc[p]
+        W = self.einsum[h - 1][row]
+        # stored (K_out, K*K), normalized over ij; for K = 1 both layouts agree
+        return W.T if W.shape == (self.K, self.K * self.K) else W
+
+    def _mix(self, r):
+        h, m, cols = self.mix_loc[r]
+        return self.mixing[h - 1][m], cols  # (P, K), {partition: column}
+
+    def values(self, x):
+        """Log-values of every region and partition for one row x (D,), NaN
+        marginalized. Returns (regions {r: (K,)}, partitions {p: (K,)})."""
+        K, graph = self.K, self.graph
+        regions, partitions = {}, {}
+
+        def region(r):
+            if r in regions:
+                return regions[r]
+            if not self.parts[r]:
+                vec = np.zeros(K)
+                for s, v in enumerate(graph.regions[r]):
+                    if not np.isnan(x[v]):
+                        vec += [_leaf_logpdf(self.leaf, x[v], self.phi[self.leaf_row[r], s, k]) for k in range(K)]
+            elif len(self.parts[r]) == 1:
+                vec = partition(self.parts[r][0])
+            else:
+                V, cols = self._mix(r)
+                pvals = {p: partition(p) for p in self.parts[r]}
+                vec = np.array(
+                    [ref_logsumexp([math.log(V[cols[p], k]) + pv[k] for p, pv in pvals.items()]) for k in range(K)]
+                )
+            regions[r] = vec
+            return vec
+
+        def partition(p):
+            if p not in partitions:
+                a, b = graph.partitions[p][1]
+                va, vb = region(a), region(b)
+                W = self._weights(p)
+                partitions[p] = np.array(
+                    [
+                        ref_logsumexp([math.log(W[i * K + j, k]) + va[i] + vb[j] for i in range(K) for j in range(K)])
+                        for k in range(K)
+                    ]
+                )
+            return partitions[p]
+
+        region(graph.root)
+        return regions, partitions
+
+    def log_prob(self, X):
+        """(n,) log p of each row of X (n, D)."""
+        out = []
+        for x in X:
+            regions, _ = self.values(x)
+            top = regions[self.graph.root]
+            out.append(ref_logsumexp([math.log(self.root[k]) + top[k] for k in range(self.K)]))
+        return np.array(out)
+
+    def greedy_completion(self, x):
+        """The approximate MPE of the Einsum Network paper, by hand: at every
+        sum node take the argmax of weight times child (marginal) value, at
+        every reached leaf the mode; returns x (D,) with NaN filled."""
+        K, graph = self.K, self.graph
+        regions, partitions = self.values(x)
+        out = x.copy()
+
+        def descend(r, k):
+            if not self.parts[r]:
+                for s, v in enumerate(graph.regions[r]):
+                    if np.isnan(x[v]):
+                        out[v] = _leaf_mode(self.leaf, self.phi[self.leaf_row[r], s, k])
+                return
+            if len(self.parts[r]) == 1:
+                p = self.parts[r][0]
+            else:
+                V, cols = self._mix(r)
+                p = max(self.parts[r], key=lambda q: math.log(V[cols[q], k]) + partitions[q][k])
+            a, b = graph.partitions[p][1]
+            W = self._weights(p)
+            scores = [math.log(W[i * K + j, k]) + regions[a][i] + regions[b][j] for i in range(K) for j in range(K)]
+            ij = int(np.argmax(scores))
+            descend(a, ij // K)
+            descend(b, ij % K)
+
+        top = regions[graph.root]
+        descend(graph.root, int(np.argmax([math.log(self.root[k]) + top[k] for k in range(K)])))
+        return out
+
+
+def _leaf_mode(leaf, phi):
+    if leaf.name == "bernoulli":
+        return float(min(max(phi[0], PROB_FLOOR), 1 - PROB_FLOOR) > 0.5)
+    if leaf.name == "categorical":
+        return float(np.argmax(phi))
+    if leaf.name == "gaussian":
+        return float(phi[0])
+    raise AssertionError(leaf.name)
+
+
+def naive_circuit_log_prob(circuit, params, X):
+    """log p(x) of each row of X (n, D) by the naive recursion: (n,)."""
+    return NaiveCircuit(circuit, params).log_prob(X)
+
