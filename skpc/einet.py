@@ -47,6 +47,8 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
     n_sums : int, default=10
         K, the number of densities per region.
     leaf : {"gaussian", "bernoulli", "categorical", "binomial"}, default="gaussian"
+        Univariate exponential family of the leaves: real values, {0, 1},
+        {0, ..., n_categories - 1}, or counts {0, ..., n_trials}.
     n_categories : int or None, default=None
         States of categorical leaves; None infers ``max(X) + 1`` at fit.
     n_trials : int or None, default=None
@@ -63,6 +65,8 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
     pd_vertical_only : bool, default=False
         Poon-Domingos with vertical cuts only (the paper's SVHN/CelebA setting).
     optimizer : {"em", "adam"}, default="em"
+        EM obtained from autodiff (stochastic when ``batch_size`` is set), or
+        Adam on an unconstrained reparameterization.
     max_iter : int, default=30
         Epochs.
     batch_size : int or None, default=100
@@ -73,9 +77,13 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
     tol : float or None, default=1e-4
         Stop when the mean training log-likelihood changes by less.
     device : {"cpu", "cuda", "auto"}, default="cpu"
+        Where the circuit runs; "auto" picks CUDA when available. Results are
+        always returned as numpy float64 arrays.
     dtype : {"float32", "float64"}, default="float32"
         Precision of the parameters and of the computation.
     random_state : int, RandomState instance or None, default=None
+        Seeds the structure, the initialization, the batch order and
+        sampling; equal seeds give identical fits.
     verbose : int, default=0
         1 prints one line per epoch, 2 also one per batch.
     warm_start : bool, default=False
@@ -271,11 +279,17 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
     # ----------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Fit the circuit to X (n_samples, n_features); NaN entries are missing.
+        """Fit the circuit by (stochastic) EM or Adam.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data; NaN entries are missing and marginalized out.
+        y : Ignored
 
         Returns
         -------
-        self
+        self : EinsumNetworkDensity
         """
         continuing = self._continuing()
         X = validate_data(self, X, reset=not continuing, dtype=np.float64, ensure_all_finite=False)
@@ -403,7 +417,18 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
         return _score_in_batches(self._circuit, self.params_, self._to_tensor(X))
 
     def score(self, X, y=None):
-        """Mean log-likelihood of the rows of X."""
+        """Mean log-likelihood of the rows of X (what GridSearchCV maximizes).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            NaN entries are marginalized out.
+        y : Ignored
+
+        Returns
+        -------
+        float
+        """
         return float(np.mean(self.score_samples(X)))
 
     def score_conditional(self, X, query):
