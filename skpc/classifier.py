@@ -50,7 +50,7 @@ default="empirical"
     class_count_ : ndarray of shape (n_classes,)
         Training rows per class.
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Only when X has feature names (string column names).
 
     Notes

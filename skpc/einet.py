@@ -268,7 +268,8 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
         return cache
 
     def _to_tensor(self, X):
-        return torch.as_tensor(np.ascontiguousarray(X), dtype=self.params_.root.dtype, device=self.device_)
+        # torch.tensor copies: X may be a read-only (memory-mapped) array
+        return torch.tensor(X, dtype=self.params_.root.dtype, device=self.device_)
 
     def _validate_fitted(self, X):
         check_is_fitted(self, "params_")
@@ -316,7 +317,7 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
             n_sums = self.n_sums
         leaf = self._make_leaf(n_categories, n_trials)
         circuit = CompiledCircuit(graph, n_sums, leaf, device)
-        Xt = torch.as_tensor(X, dtype=dtype, device=device)
+        Xt = torch.tensor(X, dtype=dtype, device=device)  # a copy: X may be read-only
         if continuing:
             params = self.params_.map(lambda t: t.to(device=device, dtype=dtype).clone())
         else:

@@ -57,7 +57,7 @@ class CircuitOutlierDetector(OutlierMixin, BaseEstimator):
     offset_ : float
         The ``100 * contamination`` percentile of the training log-likelihoods.
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Only when X has feature names (string column names).
 
     Notes

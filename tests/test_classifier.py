@@ -1,0 +1,180 @@
+"""EinsumNetworkClassifier: Bayes' rule over per-class circuits, priors, labels
+of any type, and classification with missing features."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from sklearn.mixture import GaussianMixture
+from sklearn.naive_bayes import GaussianNB
+from sklearn.neighbors import KernelDensity
+from sklearn.utils import get_tags
+
+from skpc import EinsumNetworkClassifier, EinsumNetworkDensity
+
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+def _density(**params):
+    settings = dict(n_sums=3, n_repetitions=2, max_iter=5, batch_size=None, tol=None, random_state=0)
+    settings.update(params)
+    return EinsumNetworkDensity(**settings)
+
+
+def _blobs(rng, n_per_class=(60, 60, 60), n_features=8, separation=1.5):
+    """One Gaussian per class whose mean differs from the others' in every
+    feature, so that any half of the features still tells the classes apart."""
+    means = separation * rng.normal(size=(len(n_per_class), n_features))
+    X = np.vstack([m + rng.normal(size=(n, n_features)) for m, n in zip(means, n_per_class)])
+    y = np.repeat(np.arange(len(n_per_class)), n_per_class)
+    return X, y, means
+
+
+def test_bayes_rule_over_the_class_densities(rng):
+    X, y, _ = _blobs(rng, n_per_class=(50, 30, 20))
+    clf = EinsumNetworkClassifier(_density()).fit(X, y)
+    np.testing.assert_array_equal(clf.classes_, [0, 1, 2])
+    np.testing.assert_allclose(clf.class_count_, [50, 30, 20])
+    np.testing.assert_allclose(clf.class_prior_, [0.5, 0.3, 0.2])
+    # Each class density is the template fitted on that class's rows only.
+    for c, estimator in zip(clf.classes_, clf.estimators_):
+        reference = _density().fit(X[y == c])
+        np.testing.assert_allclose(estimator.score_samples(X), reference.score_samples(X))
+    joint = np.column_stack([e.score_samples(X) for e in clf.estimators_]) + np.log([0.5, 0.3, 0.2])
+    expected = joint - logsumexp(joint, axis=1, keepdims=True)
+    np.testing.assert_allclose(clf.predict_log_proba(X), expected, atol=1e-10)
+    np.testing.assert_allclose(clf.predict_proba(X), np.exp(expected), atol=1e-10)
+    np.testing.assert_allclose(clf.predict_proba(X).sum(axis=1), 1.0)
+    np.testing.assert_array_equal(clf.predict(X), np.argmax(expected, axis=1))
+    assert clf.score(X, y) > 0.95
+
+
+def test_equals_gaussian_naive_bayes_with_a_diagonal_gaussian_template(rng):
+    # A one-component diagonal Gaussian per class is exactly Gaussian naive
+    # Bayes: an independent reference for the priors and the normalization.
+    X, y, _ = _blobs(rng, n_per_class=(40, 25, 35), n_features=4, separation=0.7)
+    gmm = GaussianMixture(n_components=1, covariance_type="diag", reg_covar=1e-12)
+    ours = EinsumNetworkClassifier(gmm).fit(X, y)
+    nb = GaussianNB(var_smoothing=0.0).fit(X, y)
+    np.testing.assert_allclose(ours.predict_proba(X), nb.predict_proba(X), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ours.class_prior_, nb.class_prior_)
+
+
+def test_string_labels(rng):
+    X, y, _ = _blobs(rng, n_per_class=(40, 40))
+    labels = np.array(["setosa", "virginica"])[y]
+    clf = EinsumNetworkClassifier(_density()).fit(X, labels)
+    np.testing.assert_array_equal(clf.classes_, ["setosa", "virginica"])
+    predicted = clf.predict(X)
+    assert predicted.dtype.kind == "U"
+    assert np.mean(predicted == labels) > 0.95
+    # Same fit as with integer labels: the label type changes nothing else.
+    by_int = EinsumNetworkClassifier(_density()).fit(X, y)
+    np.testing.assert_allclose(clf.predict_proba(X), by_int.predict_proba(X))
+
+
+def test_priors(rng):
+    X, y, _ = _blobs(rng, n_per_class=(60, 20), n_features=2, separation=0.3)
+    empirical = EinsumNetworkClassifier(_density()).fit(X, y)
+    uniform = EinsumNetworkClassifier(_density(), priors="uniform").fit(X, y)
+    given = EinsumNetworkClassifier(_density(), priors=[0.9, 0.1]).fit(X, y)
+    np.testing.assert_allclose(empirical.class_prior_, [0.75, 0.25])
+    np.testing.assert_allclose(uniform.class_prior_, [0.5, 0.5])
+    np.testing.assert_allclose(given.class_prior_, [0.9, 0.1])
+    # The priors only shift the log-odds: log-odds(priors) - log-odds(uniform) = log(p0 / p1).
+    def log_odds(clf):
+        log_proba = clf.predict_log_proba(X)
+        return log_proba[:, 0] - log_proba[:, 1]
+
+    np.testing.assert_allclose(log_odds(given) - log_odds(uniform), np.log(9.0), atol=1e-9)
+    np.testing.assert_allclose(log_odds(empirical) - log_odds(uniform), np.log(3.0), atol=1e-9)
+    # A zero prior rules a class out.
+    never = EinsumNetworkClassifier(_density(), priors=[1.0, 0.0]).fit(X, y)
+    assert (never.predict(X) == 0).all()
+    np.testing.assert_array_equal(never.predict_proba(X), np.c_[np.ones(len(X)), np.zeros(len(X))])
+
+
+@pytest.mark.parametrize(
+    "priors, match",
+    [([0.5, 0.3, 0.2], "2 classes"), ([0.7, 0.7], "sum to 1"), ([1.5, -0.5], "non-negative")],
+)
+def test_invalid_priors(rng, priors, match):
+    X, y, _ = _blobs(rng, n_per_class=(10, 10), n_features=2)
+    with pytest.raises(ValueError, match=match):
+        EinsumNetworkClassifier(_density(), priors=priors).fit(X, y)
+
+
+def test_half_the_features_missing_stays_accurate(rng):
+    X, y, _ = _blobs(rng, n_per_class=(80, 80, 80), n_features=8, separation=1.2)
+    train = rng.permutation(len(y))[:150]
+    test = np.setdiff1d(np.arange(len(y)), train)
+    clf = EinsumNetworkClassifier(_density(n_sums=4)).fit(X[train], y[train])
+    X_test = X[test].copy()
+    full_accuracy = clf.score(X_test, y[test])
+    # A different half of the features is missing in every row.
+    for row in X_test:
+        row[rng.permutation(8)[:4]] = np.nan
+    proba = clf.predict_proba(X_test)
+    assert np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    half_accuracy = np.mean(clf.predict(X_test) == y[test])
+    assert full_accuracy > 0.95
+    assert half_accuracy > 0.8  # chance is 1/3
+
+
+def test_missing_features_are_marginalized_exactly(rng):
+    # Binary features: the posterior of a row with NaNs must equal Bayes' rule
+    # over the joint p(c, x) summed over every completion of the missing entries.
+    n = 300
+    y = rng.integers(2, size=n)
+    X = (rng.random((n, 6)) < np.where(y[:, None] == 1, 0.8, 0.25)).astype(float)
+    clf = EinsumNetworkClassifier(_density(leaf="bernoulli", dtype="float64")).fit(X, y)
+    row = np.array([1.0, np.nan, 0.0, np.nan, np.nan, 1.0])
+    missing = np.flatnonzero(np.isnan(row))
+    completions = np.repeat(row[None], 2 ** len(missing), axis=0)
+    completions[:, missing] = list(itertools.product([0.0, 1.0], repeat=len(missing)))
+    joint = np.column_stack([e.score_samples(completions) for e in clf.estimators_]) + np.log(clf.class_prior_)
+    marginal_joint = logsumexp(joint, axis=0)  # (n_classes,): log p(c, x_observed)
+    expected = marginal_joint - logsumexp(marginal_joint)
+    np.testing.assert_allclose(clf.predict_log_proba(row[None])[0], expected, atol=1e-9)
+    # An all-missing row carries no evidence: the posterior is the prior.
+    np.testing.assert_allclose(clf.predict_proba(np.full((1, 6), np.nan))[0], clf.class_prior_, atol=1e-9)
+
+
+def test_training_with_missing_entries(rng):
+    X, y, _ = _blobs(rng, n_per_class=(60, 60), n_features=6)
+    X_missing = X.copy()
+    X_missing[rng.random(X.shape) < 0.3] = np.nan
+    clf = EinsumNetworkClassifier(_density()).fit(X_missing, y)
+    assert clf.score(X, y) > 0.95
+
+
+def test_row_impossible_under_every_class_gets_the_prior(rng):
+    # Tophat kernels give log p = -inf far from the data: no class explains the row.
+    X, y, _ = _blobs(rng, n_per_class=(30, 10), n_features=2)
+    clf = EinsumNetworkClassifier(KernelDensity(kernel="tophat", bandwidth=0.5)).fit(X, y)
+    far = np.array([[100.0, 100.0]])
+    np.testing.assert_allclose(clf.predict_proba(far)[0], [0.75, 0.25])
+    assert clf.predict(far)[0] == 0
+
+
+def test_nan_support_follows_the_template(rng):
+    assert get_tags(EinsumNetworkClassifier()).input_tags.allow_nan
+    clf = EinsumNetworkClassifier(KernelDensity())
+    assert not get_tags(clf).input_tags.allow_nan
+    X, y, _ = _blobs(rng, n_per_class=(10, 10), n_features=2)
+    X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        clf.fit(X, y)
+
+
+def test_default_template_is_an_einsum_network(rng):
+    X, y, _ = _blobs(rng, n_per_class=(30, 30), n_features=4)
+    clf = EinsumNetworkClassifier().fit(X, y)
+    assert all(isinstance(e, EinsumNetworkDensity) for e in clf.estimators_)
+    assert clf.estimator is None
+    assert clf.score(X, y) > 0.9
