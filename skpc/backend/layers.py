@@ -4,19 +4,20 @@ Both work in the log domain with the log-einsum-exp trick (Peharz et al. 2020,
 section 3.2): subtract the per-vector maximum, exponentiate, contract with
 linear-domain weights, take the log, add the maxima back. A vector that is all
 -inf (a zero-probability region) yields -inf, never NaN: its maximum is
-replaced by 0 before the subtraction.
+replaced by a finite stand-in before the subtraction.
 """
 
 import torch
 
 
 def _finite_max(t, dim):
-    """Max over ``dim`` (kept), with -inf replaced by 0; detached.
+    """Max over ``dim`` (kept), detached, and never -inf.
 
-    The shift cancels exactly in the result, so it carries no gradient.
+    The shift cancels exactly in the result, so it carries no gradient. An
+    all -inf vector gets the finite shift -1e30 instead of -inf, so that
+    ``t - shift`` is -inf (not NaN) and the layer's output is -inf.
     """
-    m = t.detach().amax(dim, keepdim=True)
-    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return t.detach().amax(dim, keepdim=True).clamp_min(-1e30)
 
 
 def log_einsum_exp(left, right, weight):
