@@ -37,7 +37,7 @@ def _build_parser():
     )
     demo.add_argument("--output", default="skpc_demo.png", help="PNG to write (default: %(default)s)")
     demo.add_argument(
-        "--max-iter", type=_positive_int, default=None, help="epochs of stochastic EM (default: 30; 3 with --quick)"
+        "--max-iter", type=_positive_int, default=None, help="epochs of stochastic EM (default: 20; 3 with --quick)"
     )
     demo.add_argument(
         "--device",
@@ -47,16 +47,16 @@ def _build_parser():
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the split, the model and sampling (default: 0)")
     demo.add_argument("--quick", action="store_true", help="tiny settings that run in seconds (for smoke tests)")
-    demo.set_defaults(handler=_run_demo)
+    demo.set_defaults(handler=_run_demo, subparser=demo)
     return parser
 
 
-def _run_demo(args, parser):
+def _run_demo(args):
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            parser.error("--device cuda was requested but CUDA is not available here; use --device cpu or auto.")
+            args.subparser.error("--device cuda was requested but CUDA is not available here; use --device cpu or auto.")
     from .demo import run_demo
 
     run_demo(output=args.output, max_iter=args.max_iter, device=args.device, seed=args.seed, quick=args.quick)
@@ -78,7 +78,7 @@ def main(argv=None):
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
-    return args.handler(args, parser)
+    return args.handler(args)
 
 
 if __name__ == "__main__":
