@@ -3,6 +3,7 @@
 #
 #   bash dev.sh test [pytest args...]   e.g. bash dev.sh test -k demo
 #   bash dev.sh demo [demo args...]     e.g. bash dev.sh demo --quick
+#   bash dev.sh docs                    build the Sphinx site (warnings are errors)
 #
 # Needs only python3 >= 3.9 with venv and pip. Idempotent: creates .venv in
 # the repository root if it is missing, installs a CPU build of torch if torch
@@ -37,6 +38,7 @@ usage() {
 usage: bash dev.sh COMMAND [ARGS...]
 
   test [pytest args]   set up .venv if needed, then run the test suite (pytest -q)
+  docs                 set up .venv if needed, then build docs/_build/html (-W)
   demo [demo args]     set up .venv if needed, then run `python -m skpc demo`
                        (demo args: --quick, --output PATH, --max-iter N,
                         --device cpu|cuda|auto, --seed N)
@@ -82,15 +84,16 @@ install_skpc() {
     # Also reinstall when something the commands need has gone missing.
     if [[ "$want" == "$have" ]] && "$VPY" - <<'EOF' >/dev/null 2>&1
 import importlib.metadata as md, sys
-for dist in ("skpc", "pytest", "hypothesis", "matplotlib"):
+for dist in ("skpc", "pytest", "hypothesis", "matplotlib", "sphinx", "sphinx-gallery", "numpydoc"):
     md.version(dist)  # raises when the distribution is not installed
 EOF
     then
         return
     fi
-    say "installing skpc (editable) with the test and demo extras"
+    say "installing skpc (editable) with the test, demo and docs extras"
     # -qq: errors only (-q still prints warnings about unreachable extra indexes).
-    "$VPY" -m pip install -qq -e ".[test,demo]"
+    # The docs extra is part of the test setup: tests/test_docs.py builds the site.
+    "$VPY" -m pip install -qq -e ".[test,demo,docs]"
     echo "$want" >"$STAMP"
 }
 
@@ -111,6 +114,11 @@ case "$command" in
         shift
         setup
         exec "$VPY" -m skpc demo "$@"
+        ;;
+    docs)
+        shift
+        setup
+        exec "$VPY" -m sphinx -W --keep-going -b html docs docs/_build/html "$@"
         ;;
     -h | --help | help)
         usage

@@ -8,7 +8,9 @@ import warnings
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
+from sklearn.utils import check_random_state, get_tags
+
+from ._compat import validate_data
 
 # Bumped whenever the pickled layout of a fitted estimator changes; a pickle
 # of another layout is refused with a clear error instead of misbehaving.
@@ -152,3 +154,21 @@ class TorchStateMixin:
             super_setstate(state)
         else:
             self.__dict__.update(state)
+
+
+class DensityWrapperMixin:
+    """For estimators built on an inner density estimator (``estimator``,
+    default ``EinsumNetworkDensity()``): NaN is accepted exactly when the
+    inner estimator marginalizes it."""
+
+    def _template(self):
+        from .einet import EinsumNetworkDensity  # einet imports this module
+
+        return EinsumNetworkDensity() if self.estimator is None else self.estimator
+
+    def _allow_nan(self):
+        return get_tags(self._template()).input_tags.allow_nan
+
+    def _validate(self, X, reset):
+        nan = "allow-nan" if self._allow_nan() else True
+        return validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=nan)

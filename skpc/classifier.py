@@ -9,15 +9,14 @@ classifier predicts from whatever part of a row was observed.
 import numpy as np
 from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.utils import get_tags
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import HasMethods, StrOptions, _fit_context, validate_data
-from .einet import EinsumNetworkDensity
+from .base import DensityWrapperMixin
 
 
-class EinsumNetworkClassifier(ClassifierMixin, BaseEstimator):
+class EinsumNetworkClassifier(DensityWrapperMixin, ClassifierMixin, BaseEstimator):
     """Generative classifier: one Einsum Network density per class, Bayes' rule.
 
     ``fit`` fits a clone of ``estimator`` to the rows of each class;
@@ -80,16 +79,6 @@ default="empirical"
     def __init__(self, estimator=None, priors="empirical"):
         self.estimator = estimator
         self.priors = priors
-
-    def _template(self):
-        return EinsumNetworkDensity() if self.estimator is None else self.estimator
-
-    def _allow_nan(self):
-        return get_tags(self._template()).input_tags.allow_nan
-
-    def _validate(self, X, reset):
-        nan = "allow-nan" if self._allow_nan() else True
-        return validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=nan)
 
     def _class_prior(self, class_count):
         n_classes = len(class_count)

@@ -10,14 +10,13 @@ from numbers import Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin, clone
-from sklearn.utils import get_tags
 from sklearn.utils.validation import check_is_fitted
 
-from ._compat import HasMethods, Interval, _fit_context, validate_data
-from .einet import EinsumNetworkDensity
+from ._compat import HasMethods, Interval, _fit_context
+from .base import DensityWrapperMixin
 
 
-class CircuitOutlierDetector(OutlierMixin, BaseEstimator):
+class CircuitOutlierDetector(DensityWrapperMixin, OutlierMixin, BaseEstimator):
     """Unsupervised outlier detection with a density estimator's log-likelihood.
 
     The score of a sample is its log-density ``log p(x)`` under a density
@@ -94,16 +93,6 @@ class CircuitOutlierDetector(OutlierMixin, BaseEstimator):
     def __init__(self, estimator=None, contamination=0.1):
         self.estimator = estimator
         self.contamination = contamination
-
-    def _template(self):
-        return EinsumNetworkDensity() if self.estimator is None else self.estimator
-
-    def _allow_nan(self):
-        return get_tags(self._template()).input_tags.allow_nan
-
-    def _validate(self, X, reset):
-        nan = "allow-nan" if self._allow_nan() else True
-        return validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=nan)
 
     # The inner estimator validates its own parameters and data.
     @_fit_context(prefer_skip_nested_validation=False)
