@@ -150,7 +150,7 @@ def main(argv=None):
     parser.add_argument("--max-epochs", type=int, default=100)
     parser.add_argument("--patience", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--learning-rate", type=float, default=0.5, help="stochastic EM step size")
+    parser.add_argument("--learning-rate", type=float, default=0.1, help="stochastic EM step size (0.5 was far noisier on plants: valid -18.8 vs -15.7)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a tiny grid, for smoke tests")
