@@ -5,6 +5,7 @@ import itertools
 import math
 
 import numpy as np
+import pytest
 from scipy import stats
 from scipy.special import logsumexp
 
@@ -360,3 +361,16 @@ def naive_circuit_log_prob(circuit, params, X):
     """log p(x) of each row of X (n, D) by the naive recursion: (n,)."""
     return NaiveCircuit(circuit, params).log_prob(X)
 
+
+
+@pytest.fixture
+def rng():
+    """A seeded numpy Generator for tests that draw their own data."""
+    return np.random.default_rng(12345)
+
+
+def small_density(**params):
+    """A small, fast, deterministic EinsumNetworkDensity (full-batch EM, 5 epochs)."""
+    settings = dict(n_sums=3, n_repetitions=2, max_iter=5, batch_size=None, tol=None, random_state=0)
+    settings.update(params)
+    return EinsumNetworkDensity(**settings)

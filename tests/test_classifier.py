@@ -13,16 +13,10 @@ from sklearn.utils import get_tags
 
 from skpc import EinsumNetworkClassifier, EinsumNetworkDensity
 
+from conftest import small_density
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(12345)
 
-def _density(**params):
-    settings = dict(n_sums=3, n_repetitions=2, max_iter=5, batch_size=None, tol=None, random_state=0)
-    settings.update(params)
-    return EinsumNetworkDensity(**settings)
 
 
 def _blobs(rng, n_per_class=(60, 60, 60), n_features=8, separation=1.5):
@@ -36,13 +30,13 @@ def _blobs(rng, n_per_class=(60, 60, 60), n_features=8, separation=1.5):
 
 def test_bayes_rule_over_the_class_densities(rng):
     X, y, _ = _blobs(rng, n_per_class=(50, 30, 20))
-    clf = EinsumNetworkClassifier(_density()).fit(X, y)
+    clf = EinsumNetworkClassifier(small_density()).fit(X, y)
     np.testing.assert_array_equal(clf.classes_, [0, 1, 2])
     np.testing.assert_allclose(clf.class_count_, [50, 30, 20])
     np.testing.assert_allclose(clf.class_prior_, [0.5, 0.3, 0.2])
     # Each class density is the template fitted on that class's rows only.
     for c, estimator in zip(clf.classes_, clf.estimators_):
-        reference = _density().fit(X[y == c])
+        reference = small_density().fit(X[y == c])
         np.testing.assert_allclose(estimator.score_samples(X), reference.score_samples(X))
     joint = np.column_stack([e.score_samples(X) for e in clf.estimators_]) + np.log([0.5, 0.3, 0.2])
     expected = joint - logsumexp(joint, axis=1, keepdims=True)
@@ -67,21 +61,21 @@ def test_equals_gaussian_naive_bayes_with_a_diagonal_gaussian_template(rng):
 def test_string_labels(rng):
     X, y, _ = _blobs(rng, n_per_class=(40, 40))
     labels = np.array(["setosa", "virginica"])[y]
-    clf = EinsumNetworkClassifier(_density()).fit(X, labels)
+    clf = EinsumNetworkClassifier(small_density()).fit(X, labels)
     np.testing.assert_array_equal(clf.classes_, ["setosa", "virginica"])
     predicted = clf.predict(X)
     assert predicted.dtype.kind == "U"
     assert np.mean(predicted == labels) > 0.95
     # Same fit as with integer labels: the label type changes nothing else.
-    by_int = EinsumNetworkClassifier(_density()).fit(X, y)
+    by_int = EinsumNetworkClassifier(small_density()).fit(X, y)
     np.testing.assert_allclose(clf.predict_proba(X), by_int.predict_proba(X))
 
 
 def test_priors(rng):
     X, y, _ = _blobs(rng, n_per_class=(60, 20), n_features=2, separation=0.3)
-    empirical = EinsumNetworkClassifier(_density()).fit(X, y)
-    uniform = EinsumNetworkClassifier(_density(), priors="uniform").fit(X, y)
-    given = EinsumNetworkClassifier(_density(), priors=[0.9, 0.1]).fit(X, y)
+    empirical = EinsumNetworkClassifier(small_density()).fit(X, y)
+    uniform = EinsumNetworkClassifier(small_density(), priors="uniform").fit(X, y)
+    given = EinsumNetworkClassifier(small_density(), priors=[0.9, 0.1]).fit(X, y)
     np.testing.assert_allclose(empirical.class_prior_, [0.75, 0.25])
     np.testing.assert_allclose(uniform.class_prior_, [0.5, 0.5])
     np.testing.assert_allclose(given.class_prior_, [0.9, 0.1])
@@ -93,7 +87,7 @@ def test_priors(rng):
     np.testing.assert_allclose(log_odds(given) - log_odds(uniform), np.log(9.0), atol=1e-9)
     np.testing.assert_allclose(log_odds(empirical) - log_odds(uniform), np.log(3.0), atol=1e-9)
     # A zero prior rules a class out.
-    never = EinsumNetworkClassifier(_density(), priors=[1.0, 0.0]).fit(X, y)
+    never = EinsumNetworkClassifier(small_density(), priors=[1.0, 0.0]).fit(X, y)
     assert (never.predict(X) == 0).all()
     np.testing.assert_array_equal(never.predict_proba(X), np.c_[np.ones(len(X)), np.zeros(len(X))])
 
@@ -105,14 +99,14 @@ def test_priors(rng):
 def test_invalid_priors(rng, priors, match):
     X, y, _ = _blobs(rng, n_per_class=(10, 10), n_features=2)
     with pytest.raises(ValueError, match=match):
-        EinsumNetworkClassifier(_density(), priors=priors).fit(X, y)
+        EinsumNetworkClassifier(small_density(), priors=priors).fit(X, y)
 
 
 def test_half_the_features_missing_stays_accurate(rng):
     X, y, _ = _blobs(rng, n_per_class=(80, 80, 80), n_features=8, separation=1.2)
     train = rng.permutation(len(y))[:150]
     test = np.setdiff1d(np.arange(len(y)), train)
-    clf = EinsumNetworkClassifier(_density(n_sums=4)).fit(X[train], y[train])
+    clf = EinsumNetworkClassifier(small_density(n_sums=4)).fit(X[train], y[train])
     X_test = X[test].copy()
     full_accuracy = clf.score(X_test, y[test])
     # A different half of the features is missing in every row.
@@ -132,7 +126,7 @@ def test_missing_features_are_marginalized_exactly(rng):
     n = 300
     y = rng.integers(2, size=n)
     X = (rng.random((n, 6)) < np.where(y[:, None] == 1, 0.8, 0.25)).astype(float)
-    clf = EinsumNetworkClassifier(_density(leaf="bernoulli", dtype="float64")).fit(X, y)
+    clf = EinsumNetworkClassifier(small_density(leaf="bernoulli", dtype="float64")).fit(X, y)
     row = np.array([1.0, np.nan, 0.0, np.nan, np.nan, 1.0])
     missing = np.flatnonzero(np.isnan(row))
     completions = np.repeat(row[None], 2 ** len(missing), axis=0)
@@ -149,7 +143,7 @@ def test_training_with_missing_entries(rng):
     X, y, _ = _blobs(rng, n_per_class=(60, 60), n_features=6)
     X_missing = X.copy()
     X_missing[rng.random(X.shape) < 0.3] = np.nan
-    clf = EinsumNetworkClassifier(_density()).fit(X_missing, y)
+    clf = EinsumNetworkClassifier(small_density()).fit(X_missing, y)
     assert clf.score(X, y) > 0.95
 
 

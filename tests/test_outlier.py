@@ -17,16 +17,10 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from skpc import CircuitOutlierDetector, EinsumNetworkDensity
 
+from conftest import small_density
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(12345)
 
-def _density(**params):
-    settings = dict(n_sums=3, n_repetitions=2, max_iter=5, batch_size=None, tol=None, random_state=0)
-    settings.update(params)
-    return EinsumNetworkDensity(**settings)
 
 
 def _correlated_gaussian(n_samples, rng, n_features=4):
@@ -49,7 +43,7 @@ def _labelled(rng, n_inliers=160, n_outliers=40):
 @pytest.mark.parametrize("contamination", [0.05, 0.1, 0.25, 0.5])
 def test_offset_is_the_contamination_percentile(rng, contamination):
     X = _correlated_gaussian(200, rng)
-    detector = CircuitOutlierDetector(_density(), contamination=contamination).fit(X)
+    detector = CircuitOutlierDetector(small_density(), contamination=contamination).fit(X)
     scores = detector.score_samples(X)
     assert detector.offset_ == pytest.approx(np.percentile(scores, 100 * contamination))
     np.testing.assert_allclose(detector.decision_function(X), scores - detector.offset_)
@@ -61,9 +55,9 @@ def test_offset_is_the_contamination_percentile(rng, contamination):
     assert np.mean(labels == -1) == pytest.approx(contamination)
 
 
-def test_scores_are_the_inner_density(rng):
+def test_scores_are_the_innersmall_density(rng):
     X = _correlated_gaussian(150, rng)
-    template = _density()
+    template = small_density()
     detector = CircuitOutlierDetector(template).fit(X)
     assert detector.estimator_ is not template
     assert not hasattr(template, "params_"), "fit must clone the estimator, not fit the template"
@@ -83,7 +77,7 @@ def test_default_estimator_is_an_einsum_network(rng):
 
 def test_separates_obvious_outliers(rng):
     X_train = _correlated_gaussian(300, rng)
-    detector = CircuitOutlierDetector(_density(n_sums=4), contamination=0.05).fit(X_train)
+    detector = CircuitOutlierDetector(small_density(n_sums=4), contamination=0.05).fit(X_train)
     X_in = _correlated_gaussian(100, rng)
     X_out = rng.uniform(-6, 6, size=(100, 4))
     y = np.r_[np.ones(100), -np.ones(100)]
@@ -96,7 +90,7 @@ def test_separates_obvious_outliers(rng):
 
 def test_fit_predict_equals_fit_then_predict(rng):
     X = _correlated_gaussian(100, rng)
-    detector = CircuitOutlierDetector(_density(), contamination=0.2)
+    detector = CircuitOutlierDetector(small_density(), contamination=0.2)
     np.testing.assert_array_equal(detector.fit_predict(X), clone(detector).fit(X).predict(X))
 
 
@@ -105,7 +99,7 @@ def test_missing_entries_are_marginalized_not_imputed(rng):
     # joint over every completion of its missing entries.
     Z = rng.integers(2, size=(300, 1))
     X = np.where(rng.random((300, 6)) < 0.85, Z, 1 - Z).astype(float)  # six noisy copies of a bit
-    detector = CircuitOutlierDetector(_density(leaf="bernoulli", dtype="float64")).fit(X)
+    detector = CircuitOutlierDetector(small_density(leaf="bernoulli", dtype="float64")).fit(X)
     row = np.array([[1.0, np.nan, 1.0, np.nan, 0.0, 1.0]])
     completions = np.repeat(row, 4, axis=0)
     completions[:, [1, 3]] = [[0, 0], [0, 1], [1, 0], [1, 1]]
@@ -121,7 +115,7 @@ def test_outlier_detected_from_observed_entries_only(rng):
     X = _correlated_gaussian(300, rng)
     X_missing = X.copy()
     X_missing[rng.random(X.shape) < 0.2] = np.nan  # train with missing entries too
-    density = _density(n_sums=8, max_iter=30)
+    density = small_density(n_sums=8, max_iter=30)
     detector = CircuitOutlierDetector(density, contamination=0.05).fit(X_missing)
     assert np.isfinite(detector.offset_)
     # Rows with the last two features missing: inliers on the line, and
@@ -158,7 +152,7 @@ def test_any_density_estimator(rng):
     np.testing.assert_allclose(detector.score_samples(X), reference.score_samples(X))
     assert detector.offset_ == pytest.approx(np.percentile(reference.score_samples(X), 10))
     # A pipeline works too; score_samples goes through the scaler.
-    pipe = make_pipeline(StandardScaler(), _density())
+    pipe = make_pipeline(StandardScaler(), small_density())
     detector = CircuitOutlierDetector(pipe).fit(X)
     fitted = clone(pipe).fit(X)
     np.testing.assert_allclose(detector.score_samples(X), fitted.score_samples(X))
@@ -168,7 +162,7 @@ def test_any_density_estimator(rng):
 def test_invalid_contamination(rng, contamination):
     X = _correlated_gaussian(20, rng)
     with pytest.raises(InvalidParameterError, match="contamination"):
-        CircuitOutlierDetector(_density(), contamination=contamination).fit(X)
+        CircuitOutlierDetector(small_density(), contamination=contamination).fit(X)
 
 
 def test_invalid_estimator():
@@ -181,12 +175,12 @@ def test_grid_search_without_labels_maximizes_likelihood(rng):
     # density (fully factorized), K=4 can model the dependence.
     X = _correlated_gaussian(240, rng)
     cv = KFold(3, shuffle=True, random_state=0)
-    search = GridSearchCV(CircuitOutlierDetector(_density()), {"estimator__n_sums": [1, 4]}, cv=cv).fit(X)
+    search = GridSearchCV(CircuitOutlierDetector(small_density()), {"estimator__n_sums": [1, 4]}, cv=cv).fit(X)
     assert search.best_params_ == {"estimator__n_sums": 4}
     # The score is the held-out mean log-likelihood of each fold.
     fold_scores = []
     for train, test in cv.split(X):
-        detector = CircuitOutlierDetector(_density(n_sums=4)).fit(X[train])
+        detector = CircuitOutlierDetector(small_density(n_sums=4)).fit(X[train])
         fold_scores.append(np.mean(detector.estimator_.score_samples(X[test])))
     assert search.best_score_ == pytest.approx(np.mean(fold_scores), rel=1e-6)
 
@@ -198,9 +192,9 @@ def test_grid_search_with_labels_uses_auroc(rng):
     cv = KFold(2, shuffle=True, random_state=0)
     grid = {"estimator__n_sums": [1, 3]}
     auroc = make_scorer(roc_auc_score, response_method="decision_function")
-    by_scorer = GridSearchCV(CircuitOutlierDetector(_density()), grid, scoring=auroc, cv=cv).fit(X, y)
-    by_name = GridSearchCV(CircuitOutlierDetector(_density()), grid, scoring="roc_auc", cv=cv).fit(X, y)
-    by_01 = GridSearchCV(CircuitOutlierDetector(_density()), grid, scoring="roc_auc", cv=cv).fit(X, (y + 1) // 2)
+    by_scorer = GridSearchCV(CircuitOutlierDetector(small_density()), grid, scoring=auroc, cv=cv).fit(X, y)
+    by_name = GridSearchCV(CircuitOutlierDetector(small_density()), grid, scoring="roc_auc", cv=cv).fit(X, y)
+    by_01 = GridSearchCV(CircuitOutlierDetector(small_density()), grid, scoring="roc_auc", cv=cv).fit(X, (y + 1) // 2)
     scores = by_scorer.cv_results_["mean_test_score"]
     np.testing.assert_allclose(by_name.cv_results_["mean_test_score"], scores)
     np.testing.assert_allclose(by_01.cv_results_["mean_test_score"], scores)
@@ -208,7 +202,7 @@ def test_grid_search_with_labels_uses_auroc(rng):
     for n_sums, score in zip(grid["estimator__n_sums"], scores):
         folds = []
         for train, test in cv.split(X):
-            detector = CircuitOutlierDetector(_density(n_sums=n_sums)).fit(X[train])
+            detector = CircuitOutlierDetector(small_density(n_sums=n_sums)).fit(X[train])
             folds.append(roc_auc_score(y[test], detector.decision_function(X[test])))
         assert score == pytest.approx(np.mean(folds))
     assert by_scorer.best_score_ > 0.9

@@ -19,16 +19,12 @@ import skpc.base
 from skpc import CircuitOutlierDetector, EinsumNetworkClassifier, EinsumNetworkDensity
 from skpc.base import ConvergenceMonitor
 
+from conftest import small_density
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(12345)
 
 def _density(**params):
-    settings = dict(n_sums=3, n_repetitions=2, max_iter=4, batch_size=None, tol=None, random_state=0)
-    settings.update(params)
-    return EinsumNetworkDensity(**settings)
+    return small_density(**{"max_iter": 4, **params})
 
 
 def _data(rng, n_samples=200, n_features=8):
