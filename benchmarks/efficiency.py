@@ -12,8 +12,9 @@ environments, see benchmarks/README.md), and prints one JSON record: seconds
 per training epoch (median after a warm-up epoch), seconds to score all
 samples, peak resident memory (absolute and above the baseline after imports
 and data creation), parameter count, the load average. skpc's record also
-carries the FLOP floor: forward multiply-adds of the einsum, mixing and root
-layers per epoch, at the rate of a 2048 x 2048 float32 torch.matmul measured
+carries the FLOP floor: three times the forward multiply-adds of the einsum,
+mixing and root layers per epoch (forward plus the backward's two matmuls),
+at the rate of a 2048 x 2048 float32 torch.matmul measured
 in the same process with the same thread count.
 
 Usage::
@@ -247,7 +248,7 @@ def plot(records, out_dir):
             axes[1].plot(xs, [max(p[2], 1e-1) for p in pts], marker="o", label=label)
         floor = sorted((r[param], r["floor_s"]) for r in rs if _label(r) == "skpc:em" and r.get("floor_s"))
         if floor:
-            axes[0].plot([p[0] for p in floor], [p[1] for p in floor], "k:", label="FLOP floor (fwd)")
+            axes[0].plot([p[0] for p in floor], [p[1] for p in floor], "k:", label="FLOP floor (fwd+bwd)")
         axes[0].set_ylabel("seconds per epoch")
         axes[1].set_ylabel("peak RSS above baseline (MiB)")
         for ax in axes:

@@ -196,3 +196,22 @@ def test_estimator_full_batch_step_equals_closed_form():
     np.testing.assert_allclose(model.params_.leaf[0, ..., 0].numpy(), mean, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(model.params_.leaf[0, ..., 1].numpy(), second, rtol=1e-8)
     assert model.n_iter_ == 2
+
+
+@pytest.mark.parametrize("step", [1.0, 0.25])
+def test_weight_update_floor_zero_counts_and_padding(step):
+    """The in-place weight update: the EM formula where counted, old weights
+    where nothing was counted, the floor, zero padding, rows summing to one."""
+    from skpc.backend.em import WEIGHT_FLOOR, _em_update
+
+    old = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6], [0.5, 0.5, 0.0]], dtype=torch.float64)
+    counts = torch.tensor([[2.0, 6.0, 0.0], [0.0, 0.0, 0.0], [1.0, 3.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    got = _em_update(counts.clone(), old, 1, step, mask).numpy()
+    row0 = (1 - step) * old[0].numpy() + step * np.array([0.25, 0.75, 0.0])
+    row0 = np.maximum(row0, WEIGHT_FLOOR)
+    np.testing.assert_allclose(got[0], row0 / row0.sum(), rtol=1e-12)
+    np.testing.assert_allclose(got[1], old[1].numpy(), rtol=1e-12)  # nothing counted: unchanged
+    assert got[2, 2] == 0.0  # padding stays exactly zero
+    np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-12)
+    assert (got[:, :2] >= WEIGHT_FLOOR).all()

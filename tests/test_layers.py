@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from skpc import EinsumNetworkDensity
+from skpc.backend import layers
 from skpc.backend.layers import log_einsum_exp, log_mix, log_root
 
 from conftest import (
@@ -20,6 +21,10 @@ from conftest import (
 )
 
 NEG_INF = float("-inf")
+# log_einsum_exp has two CPU paths: plain autograd ops for a level that fits
+# one chunk (the default budget, for these small inputs) and the chunked custom
+# function (a budget of 1 element: one partition per chunk).
+BOTH_PATHS = [2**20, 1]
 
 
 def _random_inputs(rng, L, B, K, shift=0.0):
@@ -91,7 +96,9 @@ def _simplex(rng, shape, dim):
 
 
 @pytest.mark.parametrize("special", [False, True])
-def test_log_einsum_exp_equals_naive_loops(special):
+@pytest.mark.parametrize("chunk_elements", BOTH_PATHS)
+def test_log_einsum_exp_equals_naive_loops(special, monkeypatch, chunk_elements):
+    monkeypatch.setattr(layers, "CPU_CHUNK_ELEMENTS", chunk_elements)
     rng = np.random.default_rng(0)
     L, B, K = 3, 4, 3
     left, right = _random_inputs(rng, L, B, K)
@@ -113,7 +120,9 @@ def test_log_einsum_exp_equals_naive_loops(special):
         assert (got[2, 3] < -2900).all()
 
 
-def test_log_einsum_exp_rectangular_output_and_float32():
+@pytest.mark.parametrize("chunk_elements", BOTH_PATHS)
+def test_log_einsum_exp_rectangular_output_and_float32(monkeypatch, chunk_elements):
+    monkeypatch.setattr(layers, "CPU_CHUNK_ELEMENTS", chunk_elements)
     rng = np.random.default_rng(1)
     left, right = _random_inputs(rng, 2, 3, 4, shift=-500.0)
     weight = _simplex(rng, (2, 16, 5), 1)
@@ -124,7 +133,9 @@ def test_log_einsum_exp_rectangular_output_and_float32():
     np.testing.assert_allclose(got32, expected, rtol=1e-5)
 
 
-def test_log_einsum_exp_gradients_finite_with_partial_neg_inf():
+@pytest.mark.parametrize("chunk_elements", BOTH_PATHS)
+def test_log_einsum_exp_gradients_finite_with_partial_neg_inf(monkeypatch, chunk_elements):
+    monkeypatch.setattr(layers, "CPU_CHUNK_ELEMENTS", chunk_elements)
     """EM reads expected counts off gradients: -inf entries must not make them NaN."""
     rng = np.random.default_rng(2)
     left, right = _random_inputs(rng, 2, 3, 3)
@@ -144,6 +155,61 @@ def test_log_einsum_exp_gradients_finite_with_partial_neg_inf():
     w = wt.detach().clone().requires_grad_(True)
     log_einsum_exp(lt.detach(), rt.detach(), w)[0, 1, 0].backward()
     np.testing.assert_allclose(float((w.detach() * w.grad).sum()), 1.0, rtol=1e-12)
+
+
+def _outer_product_reference(left, right, weight):
+    """The plain autograd graph the custom function replaces: exp, outer product, bmm, log."""
+    L, K, B = left.shape
+    max_left = left.detach().amax(1, keepdim=True)
+    max_right = right.detach().amax(1, keepdim=True)
+    outer = (torch.exp(left - max_left).unsqueeze(2) * torch.exp(right - max_right).unsqueeze(1)).reshape(L, K * K, B)
+    return torch.log(torch.bmm(weight, outer)) + max_left + max_right
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 2 * 9 * 5, 2**20])
+def test_log_einsum_exp_chunks_give_the_same_values_and_gradients(monkeypatch, chunk_elements):
+    """1 partition per chunk, ragged chunks of 2 (5 = 2 + 2 + 1), and the plain
+    graph used for a level that fits one chunk: all equal the reference."""
+    monkeypatch.setattr(layers, "CPU_CHUNK_ELEMENTS", chunk_elements)
+    rng = np.random.default_rng(5)
+    L, K, K_out, B = 5, 3, 4, 5
+    left = torch.tensor(rng.normal(size=(L, K, B)) * 3, requires_grad=True)
+    right = torch.tensor(rng.normal(size=(L, K, B)) * 3, requires_grad=True)
+    weight = torch.tensor(_simplex(rng, (L, K_out, K * K), 2), requires_grad=True)
+    upstream = torch.tensor(rng.normal(size=(L, K_out, B)))
+    got = log_einsum_exp(left, right, weight)
+    want = _outer_product_reference(left, right, weight)
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-13)
+    for g, w in zip(
+        torch.autograd.grad(got, [left, right, weight], upstream),
+        torch.autograd.grad(want, [left, right, weight], upstream),
+    ):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("which", [(True, True, True), (False, False, True), (True, False, False), (False, True, True)])
+def test_log_einsum_exp_gradcheck(monkeypatch, which):
+    """Finite differences, for any subset of inputs that needs a gradient, across chunks."""
+    monkeypatch.setattr(layers, "CPU_CHUNK_ELEMENTS", 2 * 4 * 3)
+    rng = np.random.default_rng(6)
+    L, K, B = 3, 2, 3
+    inputs = [
+        torch.tensor(rng.normal(size=(L, K, B)), requires_grad=which[0]),
+        torch.tensor(rng.normal(size=(L, K, B)), requires_grad=which[1]),
+        torch.tensor(_simplex(rng, (L, 3, K * K), 2), requires_grad=which[2]),
+    ]
+    assert torch.autograd.gradcheck(log_einsum_exp, inputs)
+
+
+def test_exp_shifted_flushes_only_underflow():
+    shift = torch.zeros(1)
+    # kept: down to one nat above log(smallest normal); flushed to exactly 0 below
+    for dtype, kept, flushed in ((torch.float32, -86.0, -86.5), (torch.float64, -707.0, -707.5)):
+        t = torch.tensor([0.0, -1.0, kept, flushed, -1e4, NEG_INF], dtype=dtype)
+        got = layers._exp_shifted(t, shift.to(dtype))
+        np.testing.assert_allclose(got[:3].numpy(), np.exp(t[:3].numpy()), rtol=1e-6 if dtype == torch.float32 else 1e-15)
+        assert got[2] > 0
+        assert (got[3:] == 0).all()  # not a denormal
 
 
 # --------------------------------------------------------------------------

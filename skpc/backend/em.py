@@ -51,23 +51,36 @@ def e_step(circuit, X, params):
     log_prob, _ = circuit.forward(leaf_values, params.with_weights(weights))
     grads = torch.autograd.grad(log_prob.sum(), [leaf_values, *weights])
     leaf_stats, leaf_counts = circuit.leaf.expected_statistics(data, grads[0])
-    weight_counts = [w.detach() * g for w, g in zip(weights, grads[1:])]
+    # w * dlogP/dw, written over the gradients (fresh tensors nobody else holds)
+    weight_counts = [g.mul_(w.detach()) for w, g in zip(weights, grads[1:])]
     return log_prob.detach(), ExpectedStatistics(leaf_stats, leaf_counts, weight_counts)
 
 
-def _normalize_counts(counts, old, dim, mask=None):
-    """New weights from expected counts, keeping ``old`` where nothing was counted."""
-    total = counts.sum(dim, keepdim=True)
-    new = counts / total.clamp_min(torch.finfo(counts.dtype).tiny)
-    new = new.clamp_min(WEIGHT_FLOOR)
+def _em_update(counts, old, dim, step_size, mask=None):
+    """One stochastic-EM update of the distributions along ``dim``.
+
+    (1 - step) * old + step * counts / sum(counts), floored at WEIGHT_FLOOR
+    and renormalized; a distribution without any count keeps ``old``; entries
+    where ``mask`` is 0 (mixing padding) stay 0. Computed in place in
+    ``counts``, which is consumed: at K=40 these tensors hold 10^7 entries,
+    and each temporary of that size costs more in page faults and memory
+    passes than the arithmetic.
+    """
+    total = counts.sum(dim, keepdim=True)  # small: the weights' shape with dim = 1
+    counted = (total > 0).to(counts.dtype)
+    scale = counted * step_size / total.clamp_min(torch.finfo(counts.dtype).tiny)
+    keep = 1.0 - step_size * counted
+    new = counts.mul_(scale).addcmul_(old, keep).clamp_min_(WEIGHT_FLOOR)
     if mask is not None:
-        new = new * mask
-    new = new / new.sum(dim, keepdim=True)
-    return torch.where(total > 0, new, old)
+        new.mul_(mask)
+    return new.div_(new.sum(dim, keepdim=True))
 
 
 def m_step(circuit, params, stats, step_size):
-    """Parameters after one (stochastic) EM update with step size in (0, 1]."""
+    """Parameters after one (stochastic) EM update with step size in (0, 1].
+
+    Consumes ``stats``: its weight counts become the new weights.
+    """
     leaf = circuit.leaf
     counts = stats.leaf_counts.unsqueeze(-1)  # (L0, S, K, 1)
     phi_new = stats.leaf_stats / counts.clamp_min(torch.finfo(counts.dtype).tiny)
@@ -80,12 +93,12 @@ def m_step(circuit, params, stats, step_size):
     mixing_masks = [(~pad).unsqueeze(-1).to(phi.dtype) for pad in circuit.mix_pad[1:] if pad is not None]
     for i, (old, cnt) in enumerate(zip(tensors, stats.weight_counts)):
         if i < n_einsum:
-            new = _normalize_counts(cnt, old, 2)
+            new = _em_update(cnt, old, 2, step_size)
         elif i < len(tensors) - 1:
-            new = _normalize_counts(cnt, old, 1, mixing_masks[i - n_einsum])
+            new = _em_update(cnt, old, 1, step_size, mixing_masks[i - n_einsum])
         else:
-            new = _normalize_counts(cnt, old, 0)
-        new_weights.append(torch.lerp(old, new, step_size))
+            new = _em_update(cnt, old, 0, step_size)
+        new_weights.append(new)
     out = params.with_weights(new_weights)
     out.leaf = phi
     return out
