@@ -24,7 +24,6 @@ Usage::
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -32,13 +31,9 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from _data import default_data_dir, load_mnist
+
 from skpc import EinsumNetworkClassifier, EinsumNetworkDensity
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def default_data_dir():
-    return Path(os.environ.get("SKPC_DATA", REPO.parent / "shared" / "data"))
 
 
 def bottom_half_missing(X, image_shape):
@@ -87,11 +82,7 @@ def digits_result(seed):
 
 
 def mnist_result(data_dir, n_train, n_test, epochs, seed):
-    path = Path(data_dir) / "mnist" / "mnist.npz"
-    if not path.exists():
-        raise SystemExit(f"MNIST not found at {path}; pass --data DIR or set SKPC_DATA.")
-    with np.load(path) as f:
-        x_train, y_train, x_test, y_test = f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+    x_train, y_train, x_test, y_test = load_mnist(data_dir)
     rng = np.random.default_rng(seed)
     train = rng.permutation(len(x_train))[:n_train]
     X_train = (x_train[train] > 127).astype(np.float64)

@@ -34,7 +34,6 @@ Usage::
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -42,32 +41,12 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
+from _data import REPO, default_data_dir, load_mnist, load_semeion
+
 from skpc import CircuitOutlierDetector, EinsumNetworkDensity
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def default_data_dir():
-    return Path(os.environ.get("SKPC_DATA", REPO.parent / "shared" / "data"))
 
 
 # ------------------------------------------------------------------ data
-def load_mnist(data_dir):
-    path = Path(data_dir) / "mnist" / "mnist.npz"
-    if not path.exists():
-        raise SystemExit(f"MNIST not found at {path}; pass --data DIR or set SKPC_DATA.")
-    with np.load(path) as f:
-        return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
-
-
-def load_semeion(data_dir):
-    path = Path(data_dir) / "semeion" / "semeion.npz"
-    if not path.exists():
-        raise SystemExit(f"SEMEION not found at {path}; pass --data DIR or set SKPC_DATA.")
-    with np.load(path) as f:
-        return f["X"], f["y"]
-
-
 def semeion_as_mnist(X):
     """16x16 binary digits -> 28x28 images in 0..255, framed like MNIST.
 
