@@ -11,7 +11,7 @@ def add_training_arguments(parser, max_epochs):
     parser.add_argument("--max-epochs", type=int, default=max_epochs)
     parser.add_argument("--patience", type=int, default=3, help="epochs without a validation gain before the step size decays")
     parser.add_argument("--step-decay", type=float, default=0.5)
-    parser.add_argument("--max-decays", type=int, default=3, help="stop at the next plateau after this many decays")
+    parser.add_argument("--max-decays", type=int, default=5, help="stop at the next plateau after this many decays")
 
 
 def train_with_early_stopping(model, train, valid, args, deadline):
