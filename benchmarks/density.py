@@ -126,7 +126,7 @@ def run_dataset(name, args):
         "n_parameters": int(best.n_parameters_),
         "epochs": args.screen_epochs + epochs,
         "step_decays": decays,
-        "final_step": best.learning_rate,
+        "step_at_best": best.learning_rate,
         "configs_tried": n_screened,
         "finalists_trained": len(trained),
         "configs_in_grid": len(configs),
