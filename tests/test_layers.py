@@ -302,3 +302,18 @@ def test_circuit_equals_naive_recursive_evaluation(leaf, n_states, n_features, p
     np.testing.assert_allclose(model.score_samples(X), expected, rtol=1e-11, atol=1e-12)
     got = circuit.log_prob(torch.tensor(X), model.params_).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer, batch_size", [("em", 40), ("adam", 40), ("em", None)])
+def test_fits_through_the_chunked_layer_equal_fits_through_plain_ops(monkeypatch, rng, optimizer, batch_size):
+    """Whole training runs (stochastic EM, Adam, full-batch EM) take the same
+    path through either implementation of the einsum layer."""
+    X = rng.normal(size=(120, 8))
+    params = dict(n_sums=3, n_repetitions=2, depth=2, max_iter=3, tol=None, random_state=0, dtype="float64",
+                  optimizer=optimizer, batch_size=batch_size)
+    plain = EinsumNetworkDensity(**params).fit(X)  # these levels fit one chunk: plain autograd ops
+    monkeypatch.setattr(layers, "CPU_CHUNK_ELEMENTS", 1)  # every level through the custom function
+    chunked = EinsumNetworkDensity(**params).fit(X)
+    np.testing.assert_allclose(chunked.score_samples(X), plain.score_samples(X), rtol=1e-10)
+    for got, want in zip(chunked.params_.tensors(), plain.params_.tensors()):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-8, atol=1e-12)

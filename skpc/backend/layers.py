@@ -1,4 +1,4 @@
-"""The two inner layers of an Einsum Network, as pure functions.
+"""The inner layers of an Einsum Network (einsum, mixing, root), as functions of tensors.
 
 Both work in the log domain with the log-einsum-exp trick (Peharz et al. 2020,
 section 3.2): subtract the per-vector maximum, exponentiate, contract with
@@ -10,6 +10,7 @@ replaced by a finite stand-in before the subtraction.
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def _finite_max(t, dim):
@@ -82,6 +83,7 @@ class _LogEinsumExp(torch.autograd.Function):
         return torch.log(prob) + (max_left + max_right)
 
     @staticmethod
+    @once_differentiable  # EM and Adam need first derivatives only
     def backward(ctx, grad):
         a, c, weight, prob = ctx.saved_tensors
         need_left, need_right, need_w = ctx.needs_input_grad[:3]
