@@ -195,6 +195,19 @@ def time_training(train_epoch, config, record):
     record["train_ll"] = float(ll)
 
 
+def finish_torch_peer(log_likelihood, X, module, record, batch=1000):
+    """What the peer runners record after training: the median time to score
+    all of X in batches of ``batch`` with ``log_likelihood(X_batch)``, the
+    parameter count of the torch ``module``, and the matmul rate."""
+    time_scoring(
+        lambda: torch.cat([log_likelihood(X[i : i + batch]).reshape(-1) for i in range(0, X.shape[0], batch)]),
+        record,
+    )
+    record["n_parameters"] = int(sum(p.numel() for p in module.parameters()))
+    record["n_parameter_values"] = record["n_parameters"]
+    measure_matmul(record)
+
+
 def time_scoring(score_all, record, repeats=3):
     """Median seconds of ``score_all()`` (log-likelihood of every sample, no gradient)."""
     times = []

@@ -26,15 +26,13 @@ import functools
 
 import torch
 
-from _harness import batch_orders, make_data, measure_matmul, run_main, time_scoring, time_training
+from _harness import batch_orders, finish_torch_peer, make_data, run_main, time_training
 
 import cirkit
 from cirkit.pipeline import PipelineContext
 from cirkit.symbolic.parameters import mixing_weight_factory
 from cirkit.templates.region_graph import RandomBinaryTree
 from cirkit.templates.utils import Parameterization, name_to_input_layer_factory, parameterization_to_factory
-
-SCORE_BATCH = 1000
 
 
 def build(config):
@@ -81,13 +79,7 @@ def body(config, record):
         return total / X.shape[0]
 
     time_training(train_epoch, config, record)
-    time_scoring(
-        lambda: torch.cat([circuit(X[i : i + SCORE_BATCH]).reshape(-1) for i in range(0, X.shape[0], SCORE_BATCH)]),
-        record,
-    )
-    record["n_parameters"] = int(sum(p.numel() for p in circuit.parameters()))
-    record["n_parameter_values"] = record["n_parameters"]
-    measure_matmul(record)
+    finish_torch_peer(circuit, X, circuit, record)
     record["structure"] = (
         "cirkit RandomBinaryTree + tucker layers (Kronecker then dense sum), K units per region, "
         "root: R tucker partitions with 1 output each, mixed over R"

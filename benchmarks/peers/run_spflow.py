@@ -24,14 +24,13 @@ parameters by each batch's M-step: no step size).
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from _harness import batch_orders, make_data, measure_matmul, run_main, time_scoring, time_training
+from _harness import batch_orders, finish_torch_peer, make_data, run_main, time_training
 
 import spflow
 from spflow.learn.expectation_maximization import expectation_maximization_batched
 from spflow.modules.leaves.normal import Normal
 from spflow.zoo.einet.einet import Einet
 
-SCORE_BATCH = 1000
 
 
 def build(config):
@@ -93,17 +92,9 @@ def body(config, record):
         raise ValueError(f"spflow adapter runs 'adam' or 'em', not {config['method']!r}")
 
     time_training(train_epoch, config, record)
-    time_scoring(
-        lambda: torch.cat(
-            [model.log_likelihood(X[i : i + SCORE_BATCH]).reshape(-1) for i in range(0, X.shape[0], SCORE_BATCH)]
-        ),
-        record,
-    )
     finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     record["nonfinite_params"] = not finite
-    record["n_parameters"] = int(sum(p.numel() for p in model.parameters()))
-    record["n_parameter_values"] = record["n_parameters"]
-    measure_matmul(record)
+    finish_torch_peer(model.log_likelihood, X, model, record)
     record["structure"] = (
         "spflow Einet(layer_type='einsum', top-down): Factorize into 2**D random groups per repetition, "
         "D einsum layers (top one with 1 output), RepetitionMixingLayer over R"
