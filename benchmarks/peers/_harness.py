@@ -195,6 +195,26 @@ def time_training(train_epoch, config, record):
     record["train_ll"] = float(ll)
 
 
+def adam_epochs(module, log_likelihood, X, batch_size, generator, lr=0.01):
+    """A ``train_epoch()`` for ``time_training``: one pass of Adam on -mean
+    log-likelihood over X in shuffled batches; returns the epoch's mean
+    log-likelihood. ``log_likelihood(X_batch)`` may return any shape with B
+    entries."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+
+    def train_epoch():
+        total = 0.0
+        for idx in batch_orders(X.shape[0], batch_size, generator):
+            optimizer.zero_grad()
+            ll = log_likelihood(X[idx]).reshape(-1)  # (B,)
+            (-ll.mean()).backward()
+            optimizer.step()
+            total += float(ll.detach().sum())
+        return total / X.shape[0]
+
+    return train_epoch
+
+
 def finish_torch_peer(log_likelihood, X, module, record, batch=1000):
     """What the peer runners record after training: the median time to score
     all of X in batches of ``batch`` with ``log_likelihood(X_batch)``, the

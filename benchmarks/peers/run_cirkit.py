@@ -26,7 +26,7 @@ import functools
 
 import torch
 
-from _harness import batch_orders, finish_torch_peer, make_data, run_main, time_training
+from _harness import adam_epochs, finish_torch_peer, make_data, run_main, time_training
 
 import cirkit
 from cirkit.pipeline import PipelineContext
@@ -65,18 +65,8 @@ def body(config, record):
     circuit = build(config)
     if config["method"] != "adam":
         raise ValueError(f"cirkit adapter runs Adam only, not {config['method']!r}")
-    optimizer = torch.optim.Adam(circuit.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(config["data_seed"])
-
-    def train_epoch():
-        total = 0.0
-        for idx in batch_orders(X.shape[0], config["batch_size"], generator):
-            optimizer.zero_grad()
-            ll = circuit(X[idx]).reshape(-1)  # (B, 1, 1) -> (B,)
-            (-ll.mean()).backward()
-            optimizer.step()
-            total += float(ll.detach().sum())
-        return total / X.shape[0]
+    train_epoch = adam_epochs(circuit, circuit, X, config["batch_size"], generator)  # circuit(X): (B, 1, 1)
 
     time_training(train_epoch, config, record)
     finish_torch_peer(circuit, X, circuit, record)

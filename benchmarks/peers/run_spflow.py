@@ -24,7 +24,7 @@ parameters by each batch's M-step: no step size).
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from _harness import batch_orders, finish_torch_peer, make_data, run_main, time_training
+from _harness import adam_epochs, finish_torch_peer, make_data, run_main, time_training
 
 import spflow
 from spflow.learn.expectation_maximization import expectation_maximization_batched
@@ -70,17 +70,8 @@ def body(config, record):
     generator = torch.Generator().manual_seed(config["data_seed"])
 
     if config["method"] == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-
-        def train_epoch():
-            total = 0.0
-            for idx in batch_orders(X.shape[0], config["batch_size"], generator):
-                optimizer.zero_grad()
-                ll = model.log_likelihood(X[idx]).reshape(-1)  # (B, 1, 1, 1) -> (B,)
-                (-ll.mean()).backward()
-                optimizer.step()
-                total += float(ll.detach().sum())
-            return total / X.shape[0]
+        # log_likelihood: (B, 1, 1, 1)
+        train_epoch = adam_epochs(model, model.log_likelihood, X, config["batch_size"], generator)
 
     elif config["method"] == "em":
         loader = DataLoader(TensorDataset(X), batch_size=config["batch_size"], shuffle=True, generator=generator)
