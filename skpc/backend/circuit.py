@@ -296,9 +296,7 @@ class CompiledCircuit:
     # ------------------------------------------------------------- forward
     def leaf_inputs(self, X):
         """Per-batch leaf data of X (B, D) with NaN = missing (see ``leaf.prepare``)."""
-        B = X.shape[0]
-        pad = torch.full((B, 1), float("nan"), dtype=X.dtype, device=X.device)  # the padding column
-        return self.leaf.prepare(torch.cat([X, pad], 1), self.leaf_scope)
+        return self.leaf.prepare(X, self.leaf_scope)
 
     def forward(self, leaf_values, params, keep_trace=False):
         """log p per sample from the leaf region values (L0, K, B).

@@ -67,9 +67,9 @@ def _em_update(counts, old, dim, step_size, mask=None):
     passes than the arithmetic.
     """
     total = counts.sum(dim, keepdim=True)  # small: the weights' shape with dim = 1
-    counted = (total > 0).to(counts.dtype)
-    scale = counted * step_size / total.clamp_min(torch.finfo(counts.dtype).tiny)
-    keep = 1.0 - step_size * counted
+    # where total is 0 the counts are 0 too, so only ``keep`` needs the case split
+    scale = torch.reciprocal(total.clamp_min(torch.finfo(counts.dtype).tiny)).mul_(step_size)
+    keep = torch.where(total > 0, 1.0 - step_size, 1.0)
     new = counts.mul_(scale).addcmul_(old, keep).clamp_min_(WEIGHT_FLOOR)
     if mask is not None:
         new.mul_(mask)

@@ -52,16 +52,22 @@ class ExponentialFamilyLeaf:
     has_base_measure = False
 
     # ----------------------------------------------------------- statistics
-    def sufficient_statistics(self, x):
-        """T(x): (...) -> (..., T)."""
-        raise NotImplementedError
+    def write_statistics(self, x, obs, out):
+        """Fill the statistics columns of ``prepare``'s per-variable layout.
+
+        x (D, B) holds the batch with missing entries at ``fill_value()``,
+        obs (D, B) the observed indicator; out (D, F, B) already holds x in
+        column 0 (the first statistic is x itself for every family here) and
+        obs in column ``n_stats``. Write the other columns so that every
+        column is 0 where obs is 0.
+        """
 
     def base_measure(self, x):
         """log h(x), same shape as x (only when ``has_base_measure``)."""
         raise NotImplementedError
 
     def natural(self, phi):
-        """(theta (L, S, K, T), c (L, S, K)) from phi (L, S, K, T)."""
+        """(thetas, c) from phi (L, S, K, T): a list of the T natural parameters, each (L, S, K), and c (L, S, K)."""
         raise NotImplementedError
 
     def project(self, phi):
@@ -72,33 +78,50 @@ class ExponentialFamilyLeaf:
     def prepare(self, X, scope):
         """Per-batch data in the layout the leaf layer contracts against.
 
-        X (B, D+1) with NaN = missing (column D is an all-NaN dummy that
-        padding points to); scope (L, S) variable indices. Returns the
-        masked statistics (L, S*F, B) with F = ``n_columns``:
-        [obs * T(x), obs, (obs * log h(x))] per pair. Built once per batch,
-        it serves both the forward matmul and the E-step.
+        X (B, D) with NaN = missing (and no inf); scope (L, S) variable
+        indices, where index D is the padding variable of narrower regions
+        (missing in every row). Returns the masked statistics (L, S*F, B)
+        with F = ``n_columns``: [T(x), obs, (log h(x))] per pair, all 0
+        where x is missing. Built once per batch, it serves both the forward
+        matmul and the E-step.
+
+        Built variable-major, (D+1, F, B), with every column written in
+        place: at the sizes of one mini-batch, ops that stack along a short
+        last axis or cast bool masks cost several times more than the
+        arithmetic: the former version took 1.4 of the 5.5 ms of a training
+        step at K=10, R=1.
         """
-        Xt = X.t()  # (D+1, B)
-        missing = torch.isnan(Xt)
-        obs = (~missing).to(X.dtype)
-        x = Xt.masked_fill(missing, self.fill_value())
-        cols = [self.sufficient_statistics(x) * obs.unsqueeze(-1), obs.unsqueeze(-1)]
-        if self.has_base_measure:
-            cols.append((self.base_measure(x) * obs).unsqueeze(-1))
-        stats = torch.cat(cols, dim=-1).transpose(1, 2).contiguous()  # (D+1, F, B)
+        B, D = X.shape
+        T = self.n_stats
+        columns = X.new_empty(D + 1, self.n_columns, B)
+        columns[D].zero_()  # the padding variable
+        x, obs = columns[:D, 0], columns[:D, T]  # (D, B) views with unit stride over B
+        x.copy_(X.t())
+        # x - x is 0 where x is finite and NaN where it is missing
+        torch.sub(x, x, out=obs).nan_to_num_(nan=-1.0).add_(1.0)
+        x.nan_to_num_(nan=self.fill_value())
+        self.write_statistics(x, obs, columns[:D])
         L, S = scope.shape
         # index_select copies contiguous (F, B) blocks: far faster than indexing
-        return stats.index_select(0, scope.reshape(-1)).view(L, S * stats.shape[1], -1)
+        return columns.index_select(0, scope.reshape(-1)).view(L, S * self.n_columns, B)
 
     def _stacked_natural(self, phi):
-        """[theta, c, (1)] per pair, laid out to match ``prepare``: (L, K, S*F)."""
-        theta, c = self.natural(phi)
-        cols = [theta, c.unsqueeze(-1)]
+        """[theta, c, (1)] per pair, laid out to match ``prepare``: (L, K, S*F).
+
+        Written column by column into one (L, K, S, F) tensor through copy_,
+        which autograd supports (Adam differentiates through this).
+        """
+        thetas, c = self.natural(phi)
+        L, S, K = c.shape
+        T = self.n_stats
+        lhs = c.new_empty(L, K, S, self.n_columns)
+        view = lhs.permute(0, 2, 1, 3)  # (L, S, K, F)
+        for t, theta in enumerate(thetas):
+            view[..., t].copy_(theta)
+        view[..., T].copy_(c)
         if self.has_base_measure:
-            cols.append(torch.ones_like(c).unsqueeze(-1))
-        lhs = torch.cat(cols, dim=-1)  # (L, S, K, F)
-        L, S, K, F = lhs.shape
-        return lhs.transpose(1, 2).reshape(L, K, S * F)
+            view[..., T + 1].fill_(1.0)
+        return lhs.view(L, K, S * self.n_columns)
 
     def region_log_prob(self, data, phi):
         """Log-densities of all leaf regions: (L, K, B).
@@ -154,7 +177,7 @@ class ExponentialFamilyLeaf:
         raise NotImplementedError
 
     def fill_value(self):
-        """A valid stand-in written where x is missing (it is masked out)."""
+        """A valid stand-in written where x is missing; T(fill_value) must be 0 (see ``write_statistics``)."""
         return 0.0
 
 
@@ -172,20 +195,22 @@ class GaussianLeaf(ExponentialFamilyLeaf):
         var = phi[..., 1] - phi[..., 0] ** 2
         return var.clamp(self.min_var, self.max_var)
 
-    def sufficient_statistics(self, x):
-        return torch.stack([x, x * x], dim=-1)
+    def write_statistics(self, x, obs, out):
+        torch.mul(x, x, out=out[:, 1])  # missing entries are 0
 
     def natural(self, phi):
         mu = phi[..., 0]
         var = self._variance(phi)
-        theta = torch.stack([mu / var, -0.5 / var], dim=-1)
         c = -0.5 * mu * mu / var - 0.5 * torch.log(2 * math.pi * var)
-        return theta, c
+        return [mu / var, -0.5 / var], c
 
     def project(self, phi):
         mu = phi[..., 0]
         var = self._variance(phi)
-        return torch.stack([mu, var + mu * mu], dim=-1)
+        out = torch.empty_like(phi)  # column writes: a stack along the last axis is several times slower
+        out[..., 0].copy_(mu)
+        out[..., 1].copy_(var + mu * mu)
+        return out
 
     def sample(self, phi, generator):
         mu = phi[..., 0]
@@ -230,12 +255,9 @@ class _BinaryLogitLeaf(ExponentialFamilyLeaf):
     def _p(self, phi):
         return (phi[..., 0] / self.n_trials).clamp(PROB_FLOOR, 1 - PROB_FLOOR)
 
-    def sufficient_statistics(self, x):
-        return x.unsqueeze(-1)
-
     def natural(self, phi):
         p = self._p(phi)
-        return torch.logit(p).unsqueeze(-1), self.n_trials * torch.log1p(-p)
+        return [torch.logit(p)], self.n_trials * torch.log1p(-p)
 
     def project(self, phi):
         return (self._p(phi) * self.n_trials).unsqueeze(-1)
@@ -280,6 +302,10 @@ class BinomialLeaf(_BinaryLogitLeaf):
         n = self.n_trials
         return math.lgamma(n + 1) - torch.lgamma(x + 1) - torch.lgamma(n - x + 1)
 
+    def write_statistics(self, x, obs, out):
+        # log h(0) is 0 only up to rounding: masked explicitly
+        torch.mul(self.base_measure(x), obs, out=out[:, 2])
+
     def sample(self, phi, generator):
         p = self._p(phi)
         u = torch.rand(p.shape + (self.n_trials,), generator=generator, device=p.device, dtype=p.dtype)
@@ -309,7 +335,9 @@ class CategoricalLeaf(ExponentialFamilyLeaf):
 
     def prepare(self, X, scope):
         """(x (L, S, B) long with missing entries set to 0, obs (L, S, B))."""
-        x = X.t()[scope]  # (D+1, B)[scope] -> (L, S, B)
+        B = X.shape[0]
+        padded = torch.cat([X, X.new_full((B, 1), float("nan"))], 1)  # column D: the padding variable
+        x = padded.t()[scope]  # (D+1, B)[scope] -> (L, S, B)
         missing = torch.isnan(x)
         return x.masked_fill(missing, 0).long(), (~missing).to(X.dtype)
 
