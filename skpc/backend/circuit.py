@@ -323,8 +323,10 @@ class CompiledCircuit:
                     gathered = gathered.masked_fill(self.mix_pad[h].view(M, P, 1, 1), float("-inf"))
                 mixed = log_mix(gathered, params.mixing[h - 1])  # (M, K, B)
                 region = torch.cat([out[:n_single], mixed], 0) if n_single else mixed
-            else:
+            elif n_single < out.shape[0]:
                 region = out[:n_single]
+            else:  # a tree level: no slice, so no slice in the backward pass either
+                region = out
             regions.append(region)
             if keep_trace:
                 inputs.append((left, right, gathered if mixed is not None else None))

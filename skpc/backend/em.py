@@ -90,7 +90,12 @@ def m_step(circuit, params, stats, step_size):
     new_weights = []
     tensors = params.tensors()
     n_einsum = len(params.einsum)
-    mixing_masks = [(~pad).unsqueeze(-1).to(phi.dtype) for pad in circuit.mix_pad[1:] if pad is not None]
+    # (M, P, 1) zero on padding, or None where every mixing region has the same number of partitions
+    mixing_masks = [
+        (~pad).unsqueeze(-1).to(phi.dtype) if padded else None
+        for pad, padded in zip(circuit.mix_pad[1:], circuit.mix_padded[1:])
+        if pad is not None
+    ]
     for i, (old, cnt) in enumerate(zip(tensors, stats.weight_counts)):
         if i < n_einsum:
             new = _em_update(cnt, old, 2, step_size)
