@@ -201,6 +201,34 @@ def test_log_einsum_exp_gradcheck(monkeypatch, which):
     assert torch.autograd.gradcheck(log_einsum_exp, inputs)
 
 
+@pytest.mark.parametrize("special", [False, True])
+@pytest.mark.parametrize("chunk_elements", BOTH_PATHS)
+def test_log_einsum_exp_halves_equals_two_inputs(special, monkeypatch, chunk_elements):
+    """One store holding the left children then the right ones: the same values and gradients."""
+    monkeypatch.setattr(layers, "CPU_CHUNK_ELEMENTS", chunk_elements)
+    rng = np.random.default_rng(8)
+    L, B, K = 3, 4, 3
+    left, right = _random_inputs(rng, L, B, K)
+    if special:
+        left, right = _with_special_entries(left, right)
+    store = torch.tensor(np.swapaxes(np.concatenate([left, right]), 1, 2), requires_grad=True)  # (2L, K, B)
+    weight = torch.tensor(_simplex(rng, (L, K, K * K), 2), requires_grad=True)
+    upstream = torch.tensor(rng.normal(size=(L, K, B)))
+    got = layers.log_einsum_exp_halves(store, weight)
+    want = log_einsum_exp(store[:L], store[L:], weight)
+    np.testing.assert_array_equal(got.detach().numpy(), want.detach().numpy())
+    for g, w in zip(torch.autograd.grad(got, [store, weight], upstream), torch.autograd.grad(want, [store, weight], upstream)):
+        # (NaN at an all -inf child vector on the plain path, as with two inputs)
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-12, atol=1e-300)
+
+
+def test_tree_levels_take_the_halves_path():
+    """A random binary tree orders every level's store as [left children, right children]."""
+    X = np.random.default_rng(0).normal(size=(40, 16))
+    model = EinsumNetworkDensity(depth=3, n_repetitions=1, n_sums=2, max_iter=1, tol=None, random_state=0).fit(X)
+    assert model._circuit.children_are_halves == [False, True, True, True]
+
+
 def test_exp_shifted_flushes_only_underflow():
     shift = torch.zeros(1)
     # kept: down to one nat above log(smallest normal); flushed to exactly 0 below

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .layers import log_einsum_exp, log_mix, log_root
+from .layers import log_einsum_exp, log_einsum_exp_halves, log_mix, log_root
 
 
 @dataclass
@@ -243,6 +243,15 @@ class CompiledCircuit:
                 self.mix_pad.append(None)
                 self.mix_padded.append(False)
         self.root_loc = region_loc[root]
+        # Levels whose left children are exactly the first half of the store
+        # below and the right children the second half (tree levels).
+        self.children_are_halves = [False] + [
+            self.left[h].start == 0
+            and self.left[h].sources == self.right[h].sources == [h - 1]
+            and self.right[h].start == len(self.left[h].row)
+            and self.region_store_sizes[h - 1] == 2 * len(self.left[h].row)
+            for h in range(1, H + 1)
+        ]
 
     def chunk_size(self, budget=2**25):
         """Rows per forward pass so that the widest intermediate tensor
@@ -311,7 +320,10 @@ class CompiledCircuit:
         for h in range(1, self.height + 1):
             left = self.left[h](regions)
             right = self.right[h](regions)
-            out = log_einsum_exp(left, right, params.einsum[h - 1])  # (L_h, K, B)
+            if self.children_are_halves[h]:
+                out = log_einsum_exp_halves(regions[h - 1], params.einsum[h - 1])  # (L_h, K, B)
+            else:
+                out = log_einsum_exp(left, right, params.einsum[h - 1])
             partitions.append(out)
             n_single = self.n_single[h]
             mixed = None

@@ -145,10 +145,35 @@ def log_einsum_exp(left, right, weight):
     Tensor (L, K_out, B)
     """
     L, K, B = left.shape
-    if left.device.type != "cpu" or L * K * K * B <= CPU_CHUNK_ELEMENTS:
+    if _uses_plain_ops(left):
         return _log_einsum_exp_autograd(left, right, weight)
     rows = max(1, CPU_CHUNK_ELEMENTS // (K * K * B))
     return _LogEinsumExp.apply(left, right, weight, rows)
+
+
+def _uses_plain_ops(left):
+    L, K, B = left.shape
+    return left.device.type != "cpu" or L * K * K * B <= CPU_CHUNK_ELEMENTS
+
+
+def log_einsum_exp_halves(children, weight):
+    """``log_einsum_exp(children[:L], children[L:], weight)`` for a level whose
+    left children are the first half of one store and the right children the
+    second (a tree level, ordered so by ``CompiledCircuit``).
+
+    The max shift and the exp are taken once over the whole store instead of
+    once per half: at small K every op costs far more in dispatch than in
+    arithmetic, so halving the op count of a level, forward and backward,
+    is what counts there.
+
+    children (2L, K, B), weight (L, K_out, K*K) -> (L, K_out, B)
+    """
+    L = children.shape[0] // 2
+    if not _uses_plain_ops(children[:L]):
+        return log_einsum_exp(children[:L], children[L:], weight)
+    shift = _finite_max(children, 1)  # (2L, 1, B)
+    scaled = torch.exp(children - shift)
+    return _contract(scaled[:L], scaled[L:], shift[:L] + shift[L:], weight)
 
 
 def _log_einsum_exp_autograd(left, right, weight):
@@ -158,12 +183,17 @@ def _log_einsum_exp_autograd(left, right, weight):
     levels small enough to be one chunk anyway, where the custom function's
     Python overhead (about 0.2 ms a call) would dominate.
     """
-    L, K, B = left.shape
     max_left = _finite_max(left, 1)  # (L, 1, B)
     max_right = _finite_max(right, 1)
-    outer = (torch.exp(left - max_left).unsqueeze(2) * torch.exp(right - max_right).unsqueeze(1)).view(L, K * K, B)
+    return _contract(torch.exp(left - max_left), torch.exp(right - max_right), max_left + max_right, weight)
+
+
+def _contract(a, c, shift, weight):
+    """log(W @ (a outer c)) + shift: a, c (L, K, B) scaled densities, shift (L, 1, B)."""
+    L, K, B = a.shape
+    outer = (a.unsqueeze(2) * c.unsqueeze(1)).view(L, K * K, B)
     prob = torch.bmm(weight, outer)  # (L, K_out, K*K) @ (L, K*K, B) -> (L, K_out, B)
-    return torch.log(prob) + (max_left + max_right)
+    return torch.log(prob) + shift
 
 
 def log_mix(values, weight):
