@@ -62,7 +62,7 @@ def make_model(name, args):
 def run_model(name, data, args):
     X_train, X_valid, X_test = data
     start = time.perf_counter()
-    model, valid_ll, epochs, decays = train_with_early_stopping(
+    model, valid_ll, epochs, decays, polished = train_with_early_stopping(
         make_model(name, args), X_train, X_valid, args, deadline=start + 60.0 * args.budget_minutes
     )
     train_seconds = time.perf_counter() - start
@@ -78,6 +78,7 @@ def run_model(name, data, args):
         "valid_bpd": round(bits_per_dim(valid_ll), 4),
         "epochs": epochs,
         "step_decays": decays,
+        "full_batch_epochs": polished,
         "train_seconds": round(train_seconds, 1),
         "n_train": len(X_train),
         "n_test": len(X_test),

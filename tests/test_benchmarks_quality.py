@@ -22,13 +22,17 @@ def run_script(name, *args):
 
 @pytest.mark.skipif(not (DATA / "debd" / "nltcs").exists(), reason="DEBD data not found at ../shared/data/debd")
 def test_density_script_prints_one_json_line_per_dataset():
-    records = run_script("density.py", "--datasets", "nltcs", "--budget-minutes", "0.05", "--quick", "--max-epochs", "2")
+    records = run_script(
+        "density.py", "--datasets", "nltcs", "--budget-minutes", "0.05", "--quick", "--max-epochs", "2",
+        "--polish-epochs", "2",
+    )
     assert len(records) == 1
     r = records[0]
     assert r["dataset"] == "nltcs"
     # 16 binary variables: a fitted model lies between the best published (-6.0) and uniform (-16 ln 2)
     assert -16 * 0.6932 < r["test_ll"] < -5.5
     assert r["depth"] in (1, 2) and r["n_sums"] in (2, 4) and r["configs_tried"] >= 1 and r["epochs"] >= 1
+    assert 0 <= r["full_batch_epochs"] <= 2
 
 
 @pytest.mark.skipif(not (DATA / "mnist" / "mnist.npz").exists(), reason="MNIST not found at ../shared/data/mnist")
