@@ -33,6 +33,11 @@ def _random_inputs(rng, L, B, K, shift=0.0):
     return left, right
 
 
+def _children(rng, L, B, K, special):
+    left, right = _random_inputs(rng, L, B, K)
+    return _with_special_entries(left, right) if special else (left, right)
+
+
 def _with_special_entries(left, right):
     left, right = left.copy(), right.copy()
     left[0, 0, :] = NEG_INF  # a whole child vector at -inf: the output must be -inf
@@ -101,9 +106,7 @@ def test_log_einsum_exp_equals_naive_loops(special, monkeypatch, chunk_elements)
     monkeypatch.setattr(layers, "CPU_CHUNK_ELEMENTS", chunk_elements)
     rng = np.random.default_rng(0)
     L, B, K = 3, 4, 3
-    left, right = _random_inputs(rng, L, B, K)
-    if special:
-        left, right = _with_special_entries(left, right)
+    left, right = _children(rng, L, B, K, special)
     weight = _simplex(rng, (L, K * K, K), 1)
     weight[1, 4, 2] = 0.0  # a zero weight is allowed (log 0 = -inf term)
     weight[1, :, 2] /= weight[1, :, 2].sum()
@@ -208,9 +211,7 @@ def test_log_einsum_exp_halves_equals_two_inputs(special, monkeypatch, chunk_ele
     monkeypatch.setattr(layers, "CPU_CHUNK_ELEMENTS", chunk_elements)
     rng = np.random.default_rng(8)
     L, B, K = 3, 4, 3
-    left, right = _random_inputs(rng, L, B, K)
-    if special:
-        left, right = _with_special_entries(left, right)
+    left, right = _children(rng, L, B, K, special)
     store = torch.tensor(np.swapaxes(np.concatenate([left, right]), 1, 2), requires_grad=True)  # (2L, K, B)
     weight = torch.tensor(_simplex(rng, (L, K, K * K), 2), requires_grad=True)
     upstream = torch.tensor(rng.normal(size=(L, K, B)))
