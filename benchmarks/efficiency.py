@@ -22,6 +22,12 @@ Usage::
     python benchmarks/efficiency.py [--sweep default|K|D|R|all]
         [--libraries skpc,cirkit,spflow] [--epochs N] [--out DIR] [--quick]
 
+With ``--device cuda`` skpc trains and scores on the GPU: epochs are timed
+with CUDA events recorded at the epoch boundaries, memory is the GPU's
+allocation peak (``gpu_peak_mib``), and the floor uses a matmul timed on the
+GPU. The peers are then skipped (their virtual environments hold CPU builds
+of torch).
+
 Writes ``DIR/efficiency.jsonl`` (one record per line), ``DIR/efficiency.md``
 (the table that is also printed) and ``DIR/efficiency_{K,D,R}.png``.
 """
@@ -104,7 +110,10 @@ def run_child(library, method, config, args):
         "method": method,
         **{k: config[k] for k in DEFAULT},
         "sweep": config["sweep"],
+        "device": args.device,
     }
+    if args.device != "cpu" and library != "skpc":
+        return dict(base, status="skipped", error="peers are timed on the CPU only (their venvs hold CPU builds of torch)")
     python = interpreter(library, args)
     if not Path(python).exists():
         return dict(base, status="skipped", error=f"no interpreter at {python}; create the venv (benchmarks/README.md)")
@@ -117,6 +126,7 @@ def run_child(library, method, config, args):
         epochs=args.epochs,
         time_budget_s=args.time_limit,
         matmul_size=512 if args.quick else 2048,  # the quick run is a smoke test: keep it short
+        device=args.device,
     )
     if args.profile and library == "skpc":
         tag = f"K{config['n_sums']}_D{config['depth']}_R{config['n_repetitions']}"
@@ -152,7 +162,8 @@ def run_child(library, method, config, args):
 
 # ------------------------------------------------------------------ reporting
 def _label(r):
-    return f"{r['library']}:{r['method']}"
+    device = r.get("device", "cpu")
+    return f"{r['library']}:{r['method']}" + ("" if device == "cpu" else f"@{device}")
 
 
 def _cfg_label(r):
@@ -280,6 +291,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(HERE / "out"))
     parser.add_argument("--quick", action="store_true", help="one tiny configuration, 1 epoch (for tests)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every child")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where skpc runs (peers: CPU only)")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per configuration and library")
     parser.add_argument(
         "--peer-venvs",

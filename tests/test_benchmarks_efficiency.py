@@ -58,3 +58,29 @@ def test_quick_prints_markdown_table(quick_run):
     rows = [line for line in stdout.splitlines() if line.startswith("| K=2 D=2 R=2 | skpc:em |")]
     assert len(rows) == 1
     assert rows[0].rstrip().endswith("| ok |")
+
+
+def test_quick_cuda_run_times_skpc_on_the_gpu_or_says_why(tmp_path):
+    """With --device cuda: skpc's record has GPU figures where CUDA exists, else a clear error; peers are skipped."""
+    import torch
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--libraries", "skpc,cirkit", "--threads", "1", "--no-plots",
+         "--device", "cuda", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = {r["library"]: r for r in map(json.loads, (tmp_path / "efficiency.jsonl").read_text().splitlines())}
+    assert records["cirkit"]["status"] == "skipped" and "CPU only" in records["cirkit"]["error"]
+    skpc_record = records["skpc"]
+    if torch.cuda.is_available():
+        assert skpc_record["status"] == "ok", skpc_record.get("error")
+        assert skpc_record["gpu_peak_mib"] > 0 and len(skpc_record["epoch_wall_times_s"]) == 1
+        assert all(t > 0 for t in skpc_record["epoch_times_s"])
+    else:
+        assert skpc_record["status"] == "error" and "cuda" in skpc_record["error"].lower()
+    assert "skpc:em@cuda" in proc.stdout

@@ -53,28 +53,32 @@ def maxrss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def measure_matmul(record):
+def measure_matmul(record, device="cpu"):
     """Freeze the memory peak, then measure the matmul rate (its 48 MiB stay out of the peak)."""
     record.mark_peak()
     n = int(record.config.get("matmul_size", 2048))
     record["matmul_size"] = n
-    record["matmul_gflops"] = matmul_gflops(n)
+    record["matmul_gflops"] = matmul_gflops(n, device=device)
 
 
-def matmul_gflops(n=2048, repeats=5):
-    """Rate of a dense float32 torch.matmul at the current thread count, GFLOP/s.
+def matmul_gflops(n=2048, repeats=5, device="cpu"):
+    """Rate of a dense float32 torch.matmul at the current thread count (or on the GPU), GFLOP/s.
 
     One warm-up product, then the median of ``repeats`` timed products of two
-    (n, n) matrices, counted as 2 n^3 floating-point operations each.
+    (n, n) matrices, counted as 2 n^3 floating-point operations each. On a
+    GPU each product is timed between synchronizations.
     """
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen)
-    b = torch.randn(n, n, generator=gen)
+    a = torch.randn(n, n, generator=gen).to(device)
+    b = torch.randn(n, n, generator=gen).to(device)
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
     torch.matmul(a, b)
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         torch.matmul(a, b)
+        sync()
         times.append(time.perf_counter() - t0)
     return 2.0 * n**3 / statistics.median(times) / 1e9
 
@@ -108,6 +112,7 @@ class Record:
             "n_repetitions": config["n_repetitions"],
             "n_sums": config["n_sums"],
             "batch_size": config["batch_size"],
+            "device": config.get("device", "cpu"),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": platform.python_version(),
