@@ -497,7 +497,8 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
         method : {"sample", "mpe"}
             "sample" draws the missing entries from their exact conditional
             distribution; "mpe" takes the approximate most probable
-            completion (argmax instead of a draw at every sum node and leaf).
+            completion: that of the best single induced tree, found by a
+            max-product pass (missing entries at their leaves' modes).
         random_state : int, RandomState instance or None
 
         Returns

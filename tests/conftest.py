@@ -266,11 +266,16 @@ class NaiveCircuit:
         h, m, cols = self.mix_loc[r]
         return self.mixing[h - 1][m], cols  # (P, K), {partition: column}
 
-    def values(self, x):
+    def values(self, x, max_product=False):
         """Log-values of every region and partition for one row x (D,), NaN
-        marginalized. Returns (regions {r: (K,)}, partitions {p: (K,)})."""
+        marginalized. Returns (regions {r: (K,)}, partitions {p: (K,)}).
+
+        With ``max_product``, every sum is a max and a missing entry
+        contributes its leaf's log-density at the mode (the best induced
+        tree's value, as the MPE upward pass defines it)."""
         K, graph = self.K, self.graph
         regions, partitions = {}, {}
+        combine = max if max_product else ref_logsumexp
 
         def region(r):
             if r in regions:
@@ -278,15 +283,18 @@ class NaiveCircuit:
             if not self.parts[r]:
                 vec = np.zeros(K)
                 for s, v in enumerate(graph.regions[r]):
+                    phis = self.phi[self.leaf_row[r], s]
                     if not np.isnan(x[v]):
-                        vec += [_leaf_logpdf(self.leaf, x[v], self.phi[self.leaf_row[r], s, k]) for k in range(K)]
+                        vec += [_leaf_logpdf(self.leaf, x[v], phis[k]) for k in range(K)]
+                    elif max_product:
+                        vec += [_leaf_logpdf(self.leaf, _leaf_mode(self.leaf, phis[k]), phis[k]) for k in range(K)]
             elif len(self.parts[r]) == 1:
                 vec = partition(self.parts[r][0])
             else:
                 V, cols = self._mix(r)
                 pvals = {p: partition(p) for p in self.parts[r]}
                 vec = np.array(
-                    [ref_logsumexp([math.log(V[cols[p], k]) + pv[k] for p, pv in pvals.items()]) for k in range(K)]
+                    [combine([math.log(V[cols[p], k]) + pv[k] for p, pv in pvals.items()]) for k in range(K)]
                 )
             regions[r] = vec
             return vec
@@ -298,7 +306,7 @@ class NaiveCircuit:
                 W = self._weights(p)
                 partitions[p] = np.array(
                     [
-                        ref_logsumexp([math.log(W[i * K + j, k]) + va[i] + vb[j] for i in range(K) for j in range(K)])
+                        combine([math.log(W[i * K + j, k]) + va[i] + vb[j] for i in range(K) for j in range(K)])
                         for k in range(K)
                     ]
                 )
@@ -316,12 +324,19 @@ class NaiveCircuit:
             out.append(ref_logsumexp([math.log(self.root[k]) + top[k] for k in range(self.K)]))
         return np.array(out)
 
-    def greedy_completion(self, x):
-        """The approximate MPE of the Einsum Network paper, by hand: at every
-        sum node take the argmax of weight times child (marginal) value, at
-        every reached leaf the mode; returns x (D,) with NaN filled."""
+    def best_tree_log_value(self, x):
+        """max over induced trees of the tree's log-value for row x (NaN at the modes)."""
+        regions, _ = self.values(x, max_product=True)
+        top = regions[self.graph.root]
+        return max(math.log(self.root[k]) + top[k] for k in range(self.K))
+
+    def mpe_completion(self, x):
+        """The max-product MPE, by hand: the upward pass of ``values(x,
+        max_product=True)``, then at every sum node the argmax of weight times
+        child value, at every reached leaf the mode; returns x (D,) with NaN
+        filled."""
         K, graph = self.K, self.graph
-        regions, partitions = self.values(x)
+        regions, partitions = self.values(x, max_product=True)
         out = x.copy()
 
         def descend(r, k):

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .layers import log_einsum_exp, log_einsum_exp_halves, log_mix, log_root
+from .layers import (
+    log_einsum_exp,
+    log_einsum_exp_halves,
+    log_einsum_max,
+    log_mix,
+    log_mix_max,
+    log_root,
+    log_root_max,
+)
 
 
 @dataclass
@@ -307,12 +315,13 @@ class CompiledCircuit:
         """Per-batch leaf data of X (B, D) with NaN = missing (see ``leaf.prepare``)."""
         return self.leaf.prepare(X, self.leaf_scope)
 
-    def forward(self, leaf_values, params, keep_trace=False):
+    def forward(self, leaf_values, params, keep_trace=False, max_product=False):
         """log p per sample from the leaf region values (L0, K, B).
 
         Returns (log_prob (B,), trace). ``trace`` holds every store and the
         gathered inputs of every layer when ``keep_trace`` (for sampling),
-        else None.
+        else None. With ``max_product`` every sum becomes a max (the upward
+        pass of MPE): the result is the log-value of the best induced tree.
         """
         regions = [leaf_values]
         partitions = [None]
@@ -320,8 +329,10 @@ class CompiledCircuit:
         for h in range(1, self.height + 1):
             left = self.left[h](regions)
             right = self.right[h](regions)
-            if self.children_are_halves[h]:
-                out = log_einsum_exp_halves(regions[h - 1], params.einsum[h - 1])  # (L_h, K, B)
+            if max_product:
+                out = log_einsum_max(left, right, params.einsum[h - 1])  # (L_h, K, B)
+            elif self.children_are_halves[h]:
+                out = log_einsum_exp_halves(regions[h - 1], params.einsum[h - 1])
             else:
                 out = log_einsum_exp(left, right, params.einsum[h - 1])
             partitions.append(out)
@@ -333,7 +344,8 @@ class CompiledCircuit:
                 gathered = gathered.view(M, P, *gathered.shape[1:])
                 if self.mix_padded[h]:
                     gathered = gathered.masked_fill(self.mix_pad[h].view(M, P, 1, 1), float("-inf"))
-                mixed = log_mix(gathered, params.mixing[h - 1])  # (M, K, B)
+                mix = log_mix_max if max_product else log_mix
+                mixed = mix(gathered, params.mixing[h - 1])  # (M, K, B)
                 region = torch.cat([out[:n_single], mixed], 0) if n_single else mixed
             elif n_single < out.shape[0]:
                 region = out[:n_single]
@@ -343,7 +355,7 @@ class CompiledCircuit:
             if keep_trace:
                 inputs.append((left, right, gathered if mixed is not None else None))
         h, row = self.root_loc
-        log_prob = log_root(regions[h][row], params.root)
+        log_prob = (log_root_max if max_product else log_root)(regions[h][row], params.root)
         trace = (regions, partitions, inputs) if keep_trace else None
         return log_prob, trace
 
@@ -357,13 +369,15 @@ class CompiledCircuit:
         """Choose, per sample, an induced tree top-down; return the leaf choices.
 
         At every sum node the child is drawn from its posterior given the
-        evidence in ``leaf_values`` (weight times child likelihood), or its
-        argmax when ``greedy`` (approximate MPE). All samples at once.
+        evidence in ``leaf_values`` (weight times child likelihood). With
+        ``greedy`` the upward pass is max-product and every sum node takes
+        its maximizing child: the best induced tree (approximate MPE;
+        ``leaf_values`` then from ``leaf.region_log_max``). All samples at once.
 
         Returns (L0, B) long: the chosen density of each leaf region, -1
         where the region is not in the sample's tree.
         """
-        _, (regions, partitions, inputs) = self.forward(leaf_values, params, keep_trace=True)
+        _, (regions, partitions, inputs) = self.forward(leaf_values, params, keep_trace=True, max_product=greedy)
         B = leaf_values.shape[2]
         K = self.n_sums
         dev = leaf_values.device
@@ -412,8 +426,13 @@ class CompiledCircuit:
         return region_k[0].t()
 
     def complete(self, X, params, generator, greedy):
-        """Fill the NaN entries of X (B, D): conditional sample or greedy MPE."""
-        leaf_values = self.leaf.region_log_prob(self.leaf_inputs(X), params.leaf)
+        """Fill the NaN entries of X (B, D): conditional sample, or the MPE of the best induced tree."""
+        data = self.leaf_inputs(X)
+        if greedy:
+            real = (self.leaf_scope < self.n_variables).to(X.dtype)  # (L0, S): 0 on padding
+            leaf_values = self.leaf.region_log_max(data, params.leaf, real)
+        else:
+            leaf_values = self.leaf.region_log_prob(data, params.leaf)
         choice = self.backtrack(leaf_values, params, generator, greedy)  # (L0, B)
         L0, S = self.leaf_scope.shape
         B = X.shape[0]

@@ -223,3 +223,38 @@ def log_root(values, weight):
     shift = _finite_max(values, 0)  # (1, B)
     prob = weight @ torch.exp(values - shift)
     return torch.log(prob) + shift.squeeze(0)
+
+
+# --------------------------------------------------------------------------
+# Max-product versions (the upward pass of MPE: no gradients needed)
+
+# Elements of one chunk's (n, K_out, K*K, B) candidate tensor in log_einsum_max.
+MAX_PRODUCT_CHUNK_ELEMENTS = 2**22
+
+
+def log_einsum_max(left, right, weight):
+    """S[l, k, b] = max_ij log W[l, k, ij] + N[l, i, b] + N'[l, j, b].
+
+    left, right (L, K, B); weight (L, K_out, K*K) -> (L, K_out, B). Every
+    (k, ij) candidate is formed, a chunk of partitions at a time.
+    """
+    L, K, B = left.shape
+    K_out = weight.shape[1]
+    log_w = torch.log(weight).unsqueeze(-1)  # (L, K_out, K*K, 1)
+    out = left.new_empty(L, K_out, B)
+    rows = max(1, MAX_PRODUCT_CHUNK_ELEMENTS // (K_out * K * K * B))
+    for s in range(0, L, rows):
+        e = slice(s, s + rows)
+        pairs = (left[e].unsqueeze(2) + right[e].unsqueeze(1)).view(-1, 1, K * K, B)  # (n, 1, K*K, B)
+        torch.amax(log_w[e] + pairs, dim=2, out=out[e])
+    return out
+
+
+def log_mix_max(values, weight):
+    """R[m, k, b] = max_p log V[m, p, k] + Y[m, p, k, b]; values (M, P, K, B), weight (M, P, K)."""
+    return (values + torch.log(weight).unsqueeze(-1)).amax(1)
+
+
+def log_root_max(values, weight):
+    """max_k log w_k + v[k, b]; values (K, B), weight (K,) -> (B,)."""
+    return (values + torch.log(weight).unsqueeze(1)).amax(0)

@@ -123,6 +123,24 @@ class ExponentialFamilyLeaf:
             view[..., T + 1].fill_(1.0)
         return lhs.view(L, K, S * self.n_columns)
 
+    def observed(self, data):
+        """The observed indicator (L, S, B) of ``prepare``'s output."""
+        L, SF, B = data.shape
+        return data.view(L, SF // self.n_columns, self.n_columns, B)[:, :, self.n_stats]
+
+    def region_log_max(self, data, phi, real):
+        """Leaf region values for a max-product pass: (L, K, B).
+
+        Observed entries contribute their log-density, missing ones the
+        log-density at their mode (the max over the missing value, where
+        ``region_log_prob`` takes the sum, 0). ``real`` (L, S) is 1 on the
+        pairs of real variables, 0 on the padding of narrower regions (which
+        is missing but must contribute nothing).
+        """
+        missing = (1.0 - self.observed(data)) * real.unsqueeze(-1)  # (L, S, B)
+        at_mode = self.mode_log_density(phi).transpose(1, 2)  # (L, K, S)
+        return self.region_log_prob(data, phi) + torch.bmm(at_mode, missing)
+
     def region_log_prob(self, data, phi):
         """Log-densities of all leaf regions: (L, K, B).
 
@@ -157,6 +175,10 @@ class ExponentialFamilyLeaf:
 
     def mode(self, phi):
         """The most probable value per entry of phi (N, T) -> (N,)."""
+        raise NotImplementedError
+
+    def mode_log_density(self, phi):
+        """log p(mode) per entry of phi (..., T) -> (...): the largest log-density."""
         raise NotImplementedError
 
     # --------------------------------------------------------- Adam support
@@ -221,6 +243,9 @@ class GaussianLeaf(ExponentialFamilyLeaf):
     def mode(self, phi):
         return phi[..., 0]
 
+    def mode_log_density(self, phi):
+        return -0.5 * torch.log(2 * math.pi * self._variance(phi))
+
     def to_unconstrained(self, phi):
         mu = phi[..., 0]
         var = self._variance(phi)
@@ -261,6 +286,11 @@ class _BinaryLogitLeaf(ExponentialFamilyLeaf):
 
     def project(self, phi):
         return (self._p(phi) * self.n_trials).unsqueeze(-1)
+
+    def mode_log_density(self, phi):
+        p, x = self._p(phi), self.mode(phi)
+        log_p = x * torch.log(p) + (self.n_trials - x) * torch.log1p(-p)
+        return log_p + self.base_measure(x) if self.has_base_measure else log_p
 
     def to_unconstrained(self, phi):
         return torch.logit(self._p(phi)).unsqueeze(-1)
@@ -368,6 +398,12 @@ class CategoricalLeaf(ExponentialFamilyLeaf):
 
     def mode(self, phi):
         return phi.argmax(-1).to(phi.dtype)
+
+    def mode_log_density(self, phi):
+        return torch.log(self.project(phi).amax(-1))
+
+    def observed(self, data):
+        return data[1]
 
     def to_unconstrained(self, phi):
         return torch.log(self.project(phi))
