@@ -7,7 +7,7 @@ import sys
 import time
 
 
-def add_training_arguments(parser, max_epochs, polish_epochs=0):
+def add_training_arguments(parser, max_epochs, polish_epochs=0, full_batch_share=0.0):
     parser.add_argument("--max-epochs", type=int, default=max_epochs)
     parser.add_argument("--patience", type=int, default=3, help="epochs without a validation gain before the step size decays")
     parser.add_argument("--step-decay", type=float, default=0.5)
@@ -17,6 +17,12 @@ def add_training_arguments(parser, max_epochs, polish_epochs=0):
         type=int,
         default=polish_epochs,
         help="then at most this many full-batch EM epochs (step 1) from the best model, while they improve on validation",
+    )
+    parser.add_argument(
+        "--full-batch-share",
+        type=float,
+        default=full_batch_share,
+        help="share of the remaining time kept for those full-batch epochs (the stochastic phase stops earlier)",
     )
 
 
@@ -30,7 +36,8 @@ def train_with_early_stopping(model, train, valid, args, deadline):
     its own batch order (a warm-started fit with a fixed seed would replay
     the same one).
 
-    Then, if ``args.polish_epochs`` and time allow, full-batch EM epochs
+    Then, if ``args.polish_epochs`` and time allow (``args.full_batch_share``
+    of the time to ``deadline`` is kept for them), full-batch EM epochs
     (step size 1: each M-step the exact maximizer of the expected complete
     log-likelihood over all training samples, free of mini-batch noise) go on
     from the best model while each one improves the validation
@@ -40,8 +47,10 @@ def train_with_early_stopping(model, train, valid, args, deadline):
     decays, full-batch epochs kept).
     """
     model.set_params(max_iter=1, warm_start=True)
+    now = time.perf_counter()
+    stochastic_deadline = now + (deadline - now) * (1.0 - args.full_batch_share if args.polish_epochs else 1.0)
     best, best_ll, epochs, waited, decays = None, -math.inf, 0, 0, 0
-    while epochs < args.max_epochs and (epochs == 0 or time.perf_counter() < deadline):
+    while epochs < args.max_epochs and (epochs == 0 or time.perf_counter() < stochastic_deadline):
         model.set_params(random_state=args.seed * 100_003 + epochs)
         model.fit(train)
         epochs += 1
