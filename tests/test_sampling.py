@@ -295,6 +295,18 @@ def test_mpe_quality_on_random_models():
     assert above_median / total >= MPE_ABOVE_MEDIAN_FRACTION_BOUND, above_median / total
 
 
+def _model_and_partial_rows(leaf, n_states, n_features, params, n_rows, seed):
+    """A fitted discrete model and rows with about half the entries missing (the first row entirely)."""
+    if params.get("structure") == "hand5":
+        params = {**params, "structure": hand_built_graph_5()}
+    model, _ = fit_discrete(leaf, n_features, n_states, **params)
+    rng = np.random.default_rng(seed)
+    rows = random_data(n_rows, n_features, n_states, rng)
+    rows[rng.random(rows.shape) < 0.5] = np.nan
+    rows[0] = np.nan
+    return model, rows
+
+
 @pytest.mark.parametrize(
     "leaf, n_states, n_features, params",
     [
@@ -305,14 +317,8 @@ def test_mpe_quality_on_random_models():
 )
 def test_mpe_completion_maximizes_the_best_induced_tree(leaf, n_states, n_features, params):
     """Brute force: no completion of a row has a better best-tree value than the one returned."""
-    if params.get("structure") == "hand5":
-        params = {**params, "structure": hand_built_graph_5()}
-    model, _ = fit_discrete(leaf, n_features, n_states, **params)
+    model, rows = _model_and_partial_rows(leaf, n_states, n_features, params, n_rows=12, seed=4)
     naive = NaiveCircuit(model._circuit, model.params_)
-    rng = np.random.default_rng(4)
-    rows = random_data(12, n_features, n_states, rng)
-    rows[rng.random(rows.shape) < 0.5] = np.nan
-    rows[0] = np.nan
     for row, completed in zip(rows, model.impute(rows, method="mpe")):
         completions, _ = _brute_force_mpe(model, row, n_states)
         best = max(naive.best_tree_log_value(c) for c in completions)
@@ -331,13 +337,7 @@ def test_mpe_completion_maximizes_the_best_induced_tree(leaf, n_states, n_featur
 )
 def test_mpe_equals_naive_max_product_descent(leaf, n_states, n_features, params):
     """The MPE completion is exactly the hand-written max-product descent."""
-    if params.get("structure") == "hand5":
-        params = {**params, "structure": hand_built_graph_5()}
-    model, _ = fit_discrete(leaf, n_features, n_states, **params)
-    rng = np.random.default_rng(3)
-    rows = random_data(25, n_features, n_states, rng)
-    rows[rng.random(rows.shape) < 0.5] = np.nan
-    rows[0] = np.nan
+    model, rows = _model_and_partial_rows(leaf, n_states, n_features, params, n_rows=25, seed=3)
     out = model.impute(rows, method="mpe")
     naive = NaiveCircuit(model._circuit, model.params_)
     expected = np.array([naive.mpe_completion(row) for row in rows])
