@@ -1,4 +1,5 @@
-"""The leaf layer's batch layout against a naive per-pair reference."""
+"""The leaf layer's batch layout against a naive per-pair reference, and
+the Poisson family against scipy."""
 
 import math
 
@@ -7,12 +8,13 @@ import pytest
 import torch
 from scipy import stats
 
-from skpc.backend.leaves import make_leaf
+from skpc.backend.leaves import RATE_FLOOR, PoissonLeaf, make_leaf
 
 LEAVES = [
     ("gaussian", {}),
     ("bernoulli", {}),
     ("binomial", {"n_trials": 255}),  # large n: log h(0) is 0 only up to float32 rounding
+    ("poisson", {}),
 ]
 
 
@@ -21,6 +23,8 @@ def _batch(name, rng, n_rows=7, n_features=5):
         X = rng.normal(size=(n_rows, n_features))
     elif name == "bernoulli":
         X = rng.integers(0, 2, size=(n_rows, n_features)).astype(float)
+    elif name == "poisson":
+        X = rng.poisson(4.0, size=(n_rows, n_features)).astype(float)
     else:
         X = rng.integers(0, 256, size=(n_rows, n_features)).astype(float)
     X[rng.random(X.shape) < 0.3] = np.nan
@@ -33,7 +37,9 @@ def _naive_columns(leaf, x):
         return [0.0] * leaf.n_columns
     T = [x, x * x] if leaf.name == "gaussian" else [x]
     cols = T + [1.0]
-    if leaf.has_base_measure:
+    if leaf.name == "poisson":
+        cols.append(-math.lgamma(x + 1))
+    elif leaf.has_base_measure:
         n = leaf.n_trials
         cols.append(math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1))
     return cols
@@ -76,6 +82,9 @@ def test_region_log_prob_equals_scipy(name, kwargs):
         mu = torch.tensor(rng.normal(size=(L, S, K)))
         var = torch.tensor(rng.uniform(0.5, 2.0, size=(L, S, K)))
         phi = torch.stack([mu, var + mu**2], -1)
+    elif name == "poisson":
+        rate = torch.tensor(rng.uniform(0.2, 9.0, size=(L, S, K)))
+        phi = rate.unsqueeze(-1)
     else:
         n = kwargs.get("n_trials", 1)
         p = torch.tensor(rng.uniform(0.1, 0.9, size=(L, S, K)))
@@ -92,7 +101,102 @@ def test_region_log_prob_equals_scipy(name, kwargs):
             for k in range(K):
                 if name == "gaussian":
                     logpdf = stats.norm.logpdf(x[seen], mu[l, s, k].item(), math.sqrt(var[l, s, k].item()))
+                elif name == "poisson":
+                    logpdf = stats.poisson.logpmf(x[seen], rate[l, s, k].item())
                 else:
                     logpdf = stats.binom.logpmf(x[seen], kwargs.get("n_trials", 1), p[l, s, k].item())
                 want[l, k, seen] += logpdf
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------- Poisson
+
+
+@pytest.mark.parametrize("rate", [0.3, 2.5, 7.0, 20.0])
+def test_poisson_samples_fit_the_pmf(rate):
+    """Chi-square goodness of fit of 20000 draws against scipy's pmf (bins
+    merged in the tail so that every expected count is >= 5)."""
+    leaf = PoissonLeaf()
+    n = 20000
+    phi = torch.full((4, 5000, 1), rate, dtype=torch.float64)  # any leading shape: (..., T) -> (...)
+    draws = leaf.sample(phi, torch.Generator().manual_seed(0))
+    assert draws.shape == (4, 5000) and draws.dtype == torch.float64
+    draws = draws.reshape(-1).numpy()
+    assert (draws == np.round(draws)).all() and draws.min() >= 0
+    top = int(stats.poisson.ppf(1 - 1e-4, rate))
+    support = np.arange(top + 1)
+    expected = n * stats.poisson.pmf(support, rate)
+    expected[-1] += n * stats.poisson.sf(top, rate)  # the last bin takes the tail
+    observed = np.bincount(np.minimum(draws.astype(int), top), minlength=top + 1).astype(float)
+    # merge bins from the right until each expects >= 5
+    obs_bins, exp_bins, acc_o, acc_e = [], [], 0.0, 0.0
+    for o, e in zip(observed[::-1], expected[::-1]):
+        acc_o, acc_e = acc_o + o, acc_e + e
+        if acc_e >= 5:
+            obs_bins.append(acc_o)
+            exp_bins.append(acc_e)
+            acc_o = acc_e = 0.0
+    obs_bins[-1] += acc_o
+    exp_bins[-1] += acc_e
+    assert len(obs_bins) >= 2
+    assert stats.chisquare(obs_bins, exp_bins).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_poisson_mode_is_the_argmax_of_the_pmf(dtype):
+    """Integer rates have two modes (lambda - 1 and lambda): the mode must
+    reach the largest pmf value, and mode_log_density must equal it."""
+    rates = np.array([1e-3, 0.2, 0.999, 1.0, 2.0, 2.5, 3.0, 7.9, 10.0, 25.5, 30.0])
+    leaf = PoissonLeaf()
+    phi = torch.tensor(rates, dtype=dtype).unsqueeze(-1)
+    mode = leaf.mode(phi).numpy()
+    at_mode = leaf.mode_log_density(phi).numpy()
+    support = np.arange(51)
+    for rate, m, lp in zip(rates, mode, at_mode):
+        logpmf = stats.poisson.logpmf(support, rate)
+        assert m == round(m)
+        np.testing.assert_allclose(stats.poisson.logpmf(m, rate), logpmf.max(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(lp, logpmf.max(), rtol=1e-5, atol=1e-5)
+
+
+def test_poisson_m_step_is_the_weighted_mean_count():
+    """expected_statistics from posterior weights, then m_step with step 1:
+    each density's rate is its weighted mean over the observed counts; a
+    density without weight keeps its rate; a smaller step blends."""
+    rng = np.random.default_rng(3)
+    leaf = PoissonLeaf()
+    B, D, K = 40, 3, 2
+    X = rng.poisson(3.0, size=(B, D)).astype(float)
+    X[rng.random(X.shape) < 0.3] = np.nan
+    X[:, 2] = np.nan  # a feature with no observation: its densities keep their rate
+    scope = torch.tensor([[0, 2], [1, D]])
+    data = leaf.prepare(torch.tensor(X), scope)
+    grad = torch.tensor(rng.uniform(0.0, 1.0, size=(2, K, B)))  # posterior weights (L, K, B)
+    stats_, counts = leaf.expected_statistics(data, grad)
+    old = torch.tensor(rng.uniform(0.5, 5.0, size=(2, 2, K, 1)))
+    for step in (1.0, 0.3):
+        new = leaf.m_step(old, stats_, counts, step).numpy()
+        for l in range(2):
+            for s in range(2):
+                d = int(scope[l, s])
+                for k in range(K):
+                    if d == D or d == 2:
+                        want = old[l, s, k, 0].item()  # no observation: unchanged
+                    else:
+                        seen = ~np.isnan(X[:, d])
+                        w = grad[l, k].numpy()[seen]
+                        mean = (w * X[seen, d]).sum() / w.sum()
+                        want = (1 - step) * old[l, s, k, 0].item() + step * mean
+                    np.testing.assert_allclose(new[l, s, k, 0], want, rtol=1e-12)
+
+
+def test_poisson_rates_stay_positive_and_unconstrained_round_trips():
+    leaf = PoissonLeaf()
+    phi = torch.tensor([[0.0], [-3.0], [1e-9], [0.5], [40.0]], dtype=torch.float64)
+    projected = leaf.project(phi)
+    np.testing.assert_array_equal(projected[:, 0].numpy(), [RATE_FLOOR, RATE_FLOOR, RATE_FLOOR, 0.5, 40.0])
+    u = leaf.to_unconstrained(projected)
+    np.testing.assert_allclose(u[:, 0].numpy(), np.log(projected[:, 0].numpy()))
+    np.testing.assert_allclose(leaf.from_unconstrained(u).numpy(), projected.numpy(), rtol=1e-12)
+    thetas, c = leaf.natural(phi)  # finite even at rate 0: the floor
+    assert torch.isfinite(thetas[0]).all() and torch.isfinite(c).all()
