@@ -1,8 +1,7 @@
-"""What the circuit estimators share: device and seed resolution, the epoch
-loop's bookkeeping (convergence, progress), and pickling of torch state."""
+"""What the circuit estimators share: device and seed resolution, progress
+lines and convergence warnings, and pickling of torch state."""
 
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -20,92 +19,90 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def resolve_device(device):
-    """'cpu', 'cuda', 'cuda:N' or 'auto' -> torch.device; clear error without CUDA."""
+    """'cpu', 'cuda', 'cuda:N' or 'auto' -> torch.device; a clear ValueError otherwise or without CUDA."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda', 'cuda:N' or 'auto'.")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device={device!r} was requested but CUDA is not available on this machine "
             "(torch.cuda.is_available() is False); use device='cpu' or device='auto'."
         )
-    return torch.device(device)
+    return resolved
 
 
 def resolve_dtype(dtype):
     return _DTYPES[dtype]
 
 
+def torch_generator(seed, device):
+    """A torch.Generator on ``device`` seeded with the int ``seed``."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed))
+    return generator
+
+
 def make_generator(random_state, device):
     """One torch.Generator on ``device``, seeded from sklearn's random_state semantics.
 
-    Every random call of a fit draws from it, so equal seeds give equal fits.
+    Every random call of a query draws from it, so equal seeds give equal results.
     """
-    seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
+    return torch_generator(draw_seed(check_random_state(random_state)), device)
 
 
-def batches(n_samples, batch_size, generator=None, device="cpu"):
-    """Index tensors of consecutive batches; shuffled when a generator is given."""
-    if generator is None:
-        order = torch.arange(n_samples, device=device)
-    else:
-        order = torch.randperm(n_samples, generator=generator, device=generator.device).to(device)
-    step = n_samples if batch_size is None else batch_size
-    return [order[i : i + step] for i in range(0, n_samples, step)]
+def draw_seed(random_state):
+    """An int seed drawn on the host from a numpy RandomState: the same on every device."""
+    return int(random_state.randint(np.iinfo(np.int32).max))
 
 
-class ConvergenceMonitor:
-    """Tracks the per-epoch training log-likelihood and prints progress.
+class ProgressPrinter:
+    """Prints one line per training epoch (verbose >= 1) and per batch (verbose >= 2).
 
-    Parameters
-    ----------
-    tol : float or None
-        Stop once the mean log-likelihood changes by less than ``tol``
-        between epochs; None runs all ``max_iter`` epochs.
-    max_iter : int
-    verbose : int
-        0 silent, 1 one line per epoch, 2 also a line per batch.
-    name : str
-        Shown in progress lines and the ConvergenceWarning.
+    Nothing of it is pickled: estimators build one per ``fit``.
     """
 
-    def __init__(self, tol, max_iter, verbose, name, stream=None):
-        self.tol, self.max_iter, self.verbose, self.name = tol, max_iter, verbose, name
+    def __init__(self, name, verbose, stream=None):
+        self.name, self.verbose = name, verbose
         self.stream = stream if stream is not None else sys.stdout
-        self.history = []
-        self.converged = False
-        self._start = time.perf_counter()
 
-    def batch(self, epoch, index, n_batches, mean_ll):
+    def epoch(self, record):
+        if not self.verbose:
+            return
+        valid = "" if record.valid is None else f"  valid {record.valid:.4f}"
+        mark = "  *" if record.improved else ""
+        print(
+            f"[{self.name}] epoch {record.epoch} {record.phase} (step {record.learning_rate:.3g})  "
+            f"train {record.train:.4f}{valid}{mark}  {record.seconds:.1f}s",
+            file=self.stream,
+            flush=True,
+        )
+
+    def batch(self, epoch, index, n_batches, mean):
         if self.verbose >= 2:
-            print(f"[{self.name}] epoch {epoch} batch {index + 1}/{n_batches} ll {mean_ll:.4f}", file=self.stream)
+            print(f"[{self.name}] epoch {epoch} batch {index + 1}/{n_batches} train {mean:.4f}", file=self.stream)
 
-    def epoch(self, mean_ll):
-        """Record an epoch; True when training should stop."""
-        self.history.append(float(mean_ll))
-        change = self.history[-1] - self.history[-2] if len(self.history) > 1 else float("nan")
+    def stage(self, message):
+        """A line for a stage of a longer fit (structure learning, clustering, ...)."""
         if self.verbose:
-            elapsed = time.perf_counter() - self._start
-            print(
-                f"[{self.name}] epoch {len(self.history)}/{self.max_iter}  train ll {mean_ll:.4f}  "
-                f"change {change:+.4g}  {elapsed:.1f}s",
-                file=self.stream,
-                flush=True,
-            )
-        if self.tol is not None and len(self.history) > 1 and abs(change) < self.tol:
-            self.converged = True
-        return self.converged
+            print(f"[{self.name}] {message}", file=self.stream, flush=True)
 
-    def finish(self):
-        if self.tol is not None and not self.converged:
-            warnings.warn(
-                f"{self.name} did not converge in max_iter={self.max_iter} epochs (last change in mean "
-                f"log-likelihood above tol={self.tol}); increase max_iter, raise tol, or lower learning_rate.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
+
+def warn_not_converged(name, result, schedule):
+    """The ConvergenceWarning of a fit that ran out of epochs while still improving."""
+    last = result.history[-1].phase if result.history else "training"
+    limit = "max_full_batch_iter" if last == "full-batch EM" and schedule.batch_size is not None else "max_iter"
+    value = getattr(schedule, limit)
+    warnings.warn(
+        f"{name} stopped after {limit}={value} epochs of {last} while still improving by more than "
+        f"tol={schedule.tol}; increase {limit}, or raise tol.",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
 
 
 class TorchStateMixin:
@@ -158,8 +155,40 @@ class TorchStateMixin:
 
 class DensityWrapperMixin:
     """For estimators built on an inner density estimator (``estimator``,
-    default ``EinsumNetworkDensity()``): NaN is accepted exactly when the
-    inner estimator marginalizes it."""
+    default ``EinsumNetworkDensity()``) and a ``random_state``: NaN is
+    accepted exactly when the inner estimator marginalizes it, and the
+    wrapper's seed, when not None, seeds every inner clone."""
+
+    def _seed_clones(self, estimators):
+        """Give each unfitted clone its own seed from ``self.random_state``, in order.
+
+        One integer is drawn per clone, whether or not the clone has a
+        ``random_state`` (so a clone's seed depends only on its position), a
+        repeat redrawn so that no two clones share a seed, and set on the
+        clones whose ``get_params()`` has a ``random_state``. None leaves
+        every clone with the seed the user gave the template: the wrapper's
+        seed, when given, takes precedence over the inner estimator's.
+
+        Parameters
+        ----------
+        estimators : list of unfitted estimators
+
+        Returns
+        -------
+        estimators : the same list, seeded in place
+        """
+        if self.random_state is None:
+            return estimators
+        random_state = check_random_state(self.random_state)
+        used = set()
+        for estimator in estimators:
+            seed = int(random_state.randint(np.iinfo(np.int32).max))
+            while seed in used:
+                seed = int(random_state.randint(np.iinfo(np.int32).max))
+            used.add(seed)
+            if "random_state" in estimator.get_params(deep=False):
+                estimator.set_params(random_state=seed)
+        return estimators
 
     def _template(self):
         from .einet import EinsumNetworkDensity  # einet imports this module

@@ -37,6 +37,14 @@ default="empirical"
         Class priors ``p(y)``: the class frequencies of the training labels,
         equal priors, or given probabilities in the order of ``classes_``
         (non-negative, summing to 1).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the class densities: one seed is drawn per class, in the order
+        of ``classes_``, for the clones that have a ``random_state``, so
+        equal seeds give identical fits and the classes get distinct seeds.
+        When not None it overrides the inner estimator's own
+        ``random_state``; None keeps the inner seed as set (then every class
+        gets that same seed; ``EinsumNetworkDensity()``'s default None makes
+        every fit differ).
 
     Attributes
     ----------
@@ -74,11 +82,13 @@ default="empirical"
     _parameter_constraints = {
         "estimator": [HasMethods(["fit", "score_samples"]), None],
         "priors": [StrOptions({"empirical", "uniform"}), "array-like"],
+        "random_state": ["random_state"],
     }
 
-    def __init__(self, estimator=None, priors="empirical"):
+    def __init__(self, estimator=None, priors="empirical", random_state=None):
         self.estimator = estimator
         self.priors = priors
+        self.random_state = random_state
 
     def _class_prior(self, class_count):
         n_classes = len(class_count)
@@ -116,11 +126,19 @@ default="empirical"
         X, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite=nan)
         check_classification_targets(y)
         classes, y_index = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                "EinsumNetworkClassifier needs samples of at least 2 classes in the data, but the data "
+                f"contains only one class: {classes.tolist()[0]!r}. To model one class, fit "
+                "CircuitOutlierDetector or the density estimator itself."
+            )
         class_count = np.bincount(y_index, minlength=len(classes)).astype(np.float64)
         class_prior = self._class_prior(class_count)
         template = self._template()
+        estimators = self._seed_clones([clone(template) for _ in classes])
         # Each class's density sees only that class's rows: p(x | y = c).
-        estimators = [clone(template).fit(X[y_index == i]) for i in range(len(classes))]
+        for i, estimator in enumerate(estimators):
+            estimator.fit(X[y_index == i])
         self.classes_ = classes
         self.class_count_ = class_count
         self.class_prior_ = class_prior

@@ -48,6 +48,12 @@ class CircuitOutlierDetector(DensityWrapperMixin, OutlierMixin, BaseEstimator):
     contamination : float in (0, 0.5], default=0.1
         Expected fraction of outliers in the training data; it sets the
         threshold ``offset_`` on the log-likelihood.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the clone of ``estimator`` (when it has a ``random_state``):
+        equal seeds give identical fits. When not None it overrides the
+        inner estimator's own ``random_state``; None keeps the inner seed
+        as set (``EinsumNetworkDensity()``'s default None makes every fit
+        differ).
 
     Attributes
     ----------
@@ -88,11 +94,13 @@ class CircuitOutlierDetector(DensityWrapperMixin, OutlierMixin, BaseEstimator):
     _parameter_constraints = {
         "estimator": [HasMethods(["fit", "score_samples"]), None],
         "contamination": [Interval(Real, 0, 0.5, closed="right")],
+        "random_state": ["random_state"],
     }
 
-    def __init__(self, estimator=None, contamination=0.1):
+    def __init__(self, estimator=None, contamination=0.1, random_state=None):
         self.estimator = estimator
         self.contamination = contamination
+        self.random_state = random_state
 
     # The inner estimator validates its own parameters and data.
     @_fit_context(prefer_skip_nested_validation=False)
@@ -112,7 +120,7 @@ class CircuitOutlierDetector(DensityWrapperMixin, OutlierMixin, BaseEstimator):
         self
         """
         X = self._validate(X, reset=True)
-        estimator = clone(self._template())
+        (estimator,) = self._seed_clones([clone(self._template())])
         estimator.fit(X)
         scores = np.asarray(estimator.score_samples(X), dtype=np.float64)
         self.estimator_ = estimator

@@ -68,7 +68,8 @@ def fit_discrete(leaf, n_features, n_states, *, seed=0, n_samples=200, max_iter=
     """A model (float64 unless ``dtype`` is given) with discrete leaves fitted by a few EM epochs on random data."""
     rng = np.random.default_rng(seed)
     X = random_data(n_samples, n_features, n_states, rng)
-    defaults = dict(n_sums=3, n_repetitions=2, max_iter=max_iter, batch_size=None, tol=None, dtype="float64")
+    defaults = dict(n_sums=3, n_repetitions=2, max_iter=max_iter, batch_size=None, tol=None, dtype="float64",
+                    early_stopping=False)
     defaults.update(params)
     extra = {}
     if leaf == "categorical":
@@ -155,65 +156,25 @@ def ref_logsumexp(terms):
 
 
 def _layout(circuit):
-    """Where every region and partition of ``circuit.graph`` lives in the
-    compiled circuit, recovered without assuming the compiler's row order.
-
-    Each store row is identified by what the circuit's own index tensors say
-    it computes: a leaf row by its scope, a partition row by the scopes of
-    the two children its gathers read, a region row by its partition(s).
-    Graph partitions are then matched by their children's scopes, so a
-    miswired gather surfaces as a partition the graph does not have.
+    """Where every region and partition of ``circuit.graph`` lives, from the
+    circuit's public layout (checked against its index tensors in
+    tests/test_circuit.py).
 
     Returns
     -------
     leaf_row : {region: row}, part_loc : {partition: (height, row)},
-    mix_loc : {region: (height, row, {partition: column})}
+    mix_loc : {region: (height, mixing row, {partition: column})}
     """
-    graph = circuit.graph
-    n = circuit.n_variables
-    region_index = {scope: r for r, scope in enumerate(graph.regions)}
-    partition_index = {
-        (graph.regions[a], graph.regions[b]): p for p, (_, (a, b)) in enumerate(graph.partitions)
-    }
-    loc_scope = {}
-    leaf_row = {}
-    for row, scope in enumerate(circuit.leaf_scope.tolist()):
-        scope = tuple(v for v in scope if v < n)
-        loc_scope[(0, row)] = scope
-        leaf_row[region_index[scope]] = row
-        assert not graph.region_partitions()[region_index[scope]], "a leaf row holds an inner region"
-    part_loc, part_at, mix_loc = {}, {}, {}
-    for h in range(1, circuit.height + 1):
-        left, right = circuit.left[h], circuit.right[h]
-        for i in range(len(left.row)):
-            a = loc_scope[(int(left.row_height[i]), int(left.row[i]))]
-            b = loc_scope[(int(right.row_height[i]), int(right.row[i]))]
-            p = partition_index[(a, b)]  # KeyError: the circuit computes a partition the graph lacks
-            part_loc[p] = (h, i)
-            part_at[(h, i)] = p
-        n_single = circuit.n_single[h]
-        for row in range(n_single):
-            p = part_at[(h, row)]
-            loc_scope[(h, row)] = graph.regions[graph.partitions[p][0]]
-        if circuit.mix_gather[h] is not None:
-            pad = circuit.mix_pad[h].numpy()
-            M, P = pad.shape
-            spec = circuit.mix_gather[h]
-            for m in range(M):
-                cols = {}
-                for c in range(P):
-                    if not pad[m, c]:
-                        j = m * P + c
-                        cols[part_at[(int(spec.row_height[j]), int(spec.row[j]))]] = c
-                parents = {graph.partitions[p][0] for p in cols}
-                assert len(parents) == 1, "a mixing row mixes partitions of different regions"
-                r = parents.pop()
-                assert sorted(cols) == graph.region_partitions()[r], "a mixing row misses partitions"
-                loc_scope[(h, n_single + m)] = graph.regions[r]
-                mix_loc[r] = (h, m, cols)
-    assert sorted(part_loc) == list(range(len(graph.partitions)))
-    h, row = circuit.root_loc
-    assert loc_scope[(h, row)] == tuple(range(n))
+    graph, layout = circuit.graph, circuit.layout
+    parts = graph.region_partitions()
+    leaf_row = {r: int(layout.region_row[r]) for r in range(len(graph.regions)) if not parts[r]}
+    part_loc = {p: (int(layout.partition_height[p]), int(layout.partition_row[p])) for p in range(len(graph.partitions))}
+    mix_loc = {}
+    for r in range(len(graph.regions)):
+        if len(parts[r]) > 1:
+            h, row = layout.region_location(r)
+            # the mixing gather lists a region's partitions in graph order
+            mix_loc[r] = (h, row - int(layout.n_single[h]), {p: c for c, p in enumerate(parts[r])})
     return leaf_row, part_loc, mix_loc
 
 
@@ -251,20 +212,19 @@ class NaiveCircuit:
         self.parts = self.graph.region_partitions()
         self.leaf_row, self.part_loc, self.mix_loc = _layout(circuit)
         self.phi = params.leaf.numpy()
-        self.einsum = [w.numpy() for w in params.einsum]
-        self.mixing = [None if m is None else m.numpy() for m in params.mixing]
-        self.root = params.root.numpy()
+        self.weights = {name: w.numpy() for name, w in params.weights.items()}
+        self.layer = circuit.layer
+        self.multi_output = circuit.multi_output
+        self.root = None if self.multi_output else self.weights["root"]
 
     def _weights(self, p):
-        """(K*K, K_out) weights of partition p, whichever way they are stored."""
+        """(fan_in, K_out) weights of partition p: fan_in K*K (einsum) or K (cp)."""
         h, row = self.part_loc[p]
-        W = self.einsum[h - 1][row]
-        # stored (K_out, K*K), normalized over ij; for K = 1 both layouts agree
-        return W.T if W.shape == (self.K, self.K * self.K) else W
+        return self.weights[f"partition.{h}"][row].T  # stored (K_out, fan_in), normalized over fan_in
 
     def _mix(self, r):
         h, m, cols = self.mix_loc[r]
-        return self.mixing[h - 1][m], cols  # (P, K), {partition: column}
+        return self.weights[f"mixing.{h}"][m], cols  # (P, K), {partition: column}
 
     def values(self, x, max_product=False):
         """Log-values of every region and partition for one row x (D,), NaN
@@ -304,24 +264,29 @@ class NaiveCircuit:
                 a, b = graph.partitions[p][1]
                 va, vb = region(a), region(b)
                 W = self._weights(p)
-                partitions[p] = np.array(
-                    [
-                        combine([math.log(W[i * K + j, k]) + va[i] + vb[j] for i in range(K) for j in range(K)])
+                if self.layer == "cp":  # both children share the component i
+                    terms = [[math.log(W[i, k]) + va[i] + vb[i] for i in range(K)] for k in range(K)]
+                else:
+                    terms = [
+                        [math.log(W[i * K + j, k]) + va[i] + vb[j] for i in range(K) for j in range(K)]
                         for k in range(K)
                     ]
-                )
+                partitions[p] = np.array([combine(t) for t in terms])
             return partitions[p]
 
         region(graph.root)
         return regions, partitions
 
     def log_prob(self, X):
-        """(n,) log p of each row of X (n, D)."""
+        """(n,) log p of each row of X (n, D), or (n, K) the top region's values of a multi-output circuit."""
         out = []
         for x in X:
             regions, _ = self.values(x)
             top = regions[self.graph.root]
-            out.append(ref_logsumexp([math.log(self.root[k]) + top[k] for k in range(self.K)]))
+            if self.multi_output:
+                out.append(top)
+            else:
+                out.append(ref_logsumexp([math.log(self.root[k]) + top[k] for k in range(self.K)]))
         return np.array(out)
 
     def best_tree_log_value(self, x):
@@ -352,6 +317,11 @@ class NaiveCircuit:
                 p = max(self.parts[r], key=lambda q: math.log(V[cols[q], k]) + partitions[q][k])
             a, b = graph.partitions[p][1]
             W = self._weights(p)
+            if self.layer == "cp":
+                i = int(np.argmax([math.log(W[i, k]) + regions[a][i] + regions[b][i] for i in range(K)]))
+                descend(a, i)
+                descend(b, i)
+                return
             scores = [math.log(W[i * K + j, k]) + regions[a][i] + regions[b][j] for i in range(K) for j in range(K)]
             ij = int(np.argmax(scores))
             descend(a, ij // K)
@@ -385,7 +355,8 @@ def rng():
 
 
 def small_density(**params):
-    """A small, fast, deterministic EinsumNetworkDensity (full-batch EM, 5 epochs)."""
-    settings = dict(n_sums=3, n_repetitions=2, max_iter=5, batch_size=None, tol=None, random_state=0)
+    """A small, fast, deterministic EinsumNetworkDensity (full-batch EM on all rows, 5 epochs)."""
+    settings = dict(n_sums=3, n_repetitions=2, max_iter=5, batch_size=None, tol=None, early_stopping=False,
+                    random_state=0)
     settings.update(params)
     return EinsumNetworkDensity(**settings)

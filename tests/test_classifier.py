@@ -1,11 +1,14 @@
 """EinsumNetworkClassifier: Bayes' rule over per-class circuits, priors, labels
-of any type, and classification with missing features."""
+of any type, classification with missing features, and seeding of the class
+densities."""
 
 import itertools
+import pickle
 
 import numpy as np
 import pytest
 from scipy.special import logsumexp
+from sklearn.base import clone
 from sklearn.mixture import GaussianMixture
 from sklearn.naive_bayes import GaussianNB
 from sklearn.neighbors import KernelDensity
@@ -172,3 +175,65 @@ def test_default_template_is_an_einsum_network(rng):
     assert all(isinstance(e, EinsumNetworkDensity) for e in clf.estimators_)
     assert clf.estimator is None
     assert clf.score(X, y) > 0.9
+
+
+@pytest.mark.parametrize("labels, shown", [(0, "0"), ("setosa", "'setosa'")])
+def test_a_single_class_is_refused(rng, labels, shown):
+    X = rng.normal(size=(20, 3))
+    y = np.full(20, labels)
+    with pytest.raises(ValueError, match=f"at least 2 classes .* only one class: {shown}"):
+        EinsumNetworkClassifier(small_density()).fit(X, y)
+
+
+# Seeding: the wrapper's random_state seeds one inner clone per class.
+
+
+def _unseeded_density():
+    """A small density whose own random_state is None: unseeded, every fit differs."""
+    return EinsumNetworkDensity(n_sums=2, n_repetitions=2, max_iter=2, max_full_batch_iter=1, tol=None)
+
+
+def test_random_state_makes_refits_identical(rng):
+    X, y, _ = _blobs(rng, n_per_class=(30, 30, 30), n_features=4, separation=0.5)
+    template = _unseeded_density()
+    first = EinsumNetworkClassifier(template, random_state=0).fit(X, y)
+    second = EinsumNetworkClassifier(template, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
+    # One seed per class, drawn in the order of classes_, distinct; the
+    # template keeps its None.
+    draws = np.random.RandomState(0)
+    seeds = [draws.randint(np.iinfo(np.int32).max) for _ in range(3)]
+    assert [e.random_state for e in first.estimators_] == seeds
+    assert len(set(seeds)) == 3
+    assert template.random_state is None
+    for c, seed, estimator in zip(first.classes_, seeds, first.estimators_):
+        reference = clone(template).set_params(random_state=seed).fit(X[y == c])
+        np.testing.assert_array_equal(estimator.score_samples(X), reference.score_samples(X))
+    # Another seed, other circuits.
+    other = EinsumNetworkClassifier(template, random_state=1).fit(X, y)
+    assert np.max(np.abs(other.predict_log_proba(X) - first.predict_log_proba(X))) > 1e-3
+
+
+def test_explicit_inner_seed_is_kept_without_a_wrapper_seed(rng):
+    X, y, _ = _blobs(rng, n_per_class=(30, 30), n_features=4)
+    template = _unseeded_density().set_params(random_state=7)
+    clf = EinsumNetworkClassifier(template).fit(X, y)
+    assert [e.random_state for e in clf.estimators_] == [7, 7]
+    for c, estimator in zip(clf.classes_, clf.estimators_):
+        reference = clone(template).fit(X[y == c])
+        np.testing.assert_array_equal(estimator.score_samples(X), reference.score_samples(X))
+    # A wrapper seed, when given, takes precedence over the inner one.
+    overridden = EinsumNetworkClassifier(template, random_state=0).fit(X, y)
+    assert all(e.random_state != 7 for e in overridden.estimators_)
+
+
+def test_seeded_classifier_survives_clone_and_pickle(rng):
+    X, y, _ = _blobs(rng, n_per_class=(30, 30), n_features=4, separation=0.5)
+    clf = EinsumNetworkClassifier(_unseeded_density(), priors="uniform", random_state=3).fit(X, y)
+    copy = clone(clf)
+    assert copy.get_params()["random_state"] == 3
+    assert not hasattr(copy, "estimators_")
+    np.testing.assert_array_equal(copy.fit(X, y).predict_proba(X), clf.predict_proba(X))
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
+    np.testing.assert_array_equal(restored.predict(X), clf.predict(X))

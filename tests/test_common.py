@@ -10,7 +10,7 @@ from skpc import CircuitOutlierDetector, EinsumNetworkClassifier, EinsumNetworkD
 def _small_density(**params):
     # Few, tiny sums and a fixed number of full-batch epochs: fast, and
     # deterministic given the seed (check_fit_idempotent and friends).
-    settings = dict(n_sums=2, n_repetitions=2, max_iter=3, batch_size=None, tol=None, random_state=0)
+    settings = dict(n_sums=2, n_repetitions=2, max_iter=3, batch_size=None, tol=None, early_stopping=False, random_state=0)
     settings.update(params)
     return EinsumNetworkDensity(**settings)
 
@@ -19,6 +19,10 @@ ESTIMATORS = [
     _small_density(),
     CircuitOutlierDetector(_small_density()),
     EinsumNetworkClassifier(_small_density()),
+    # at their default parameters (the checks seed random_state)
+    EinsumNetworkDensity(),
+    CircuitOutlierDetector(),
+    EinsumNetworkClassifier(),
 ]
 
 # Checks that fail because of a documented design choice or the engine; each

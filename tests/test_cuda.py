@@ -58,7 +58,7 @@ def test_cuda_scores_and_marginals_match_cpu(leaf, n_states, n_features, params)
 def test_cuda_fit_matches_cpu_closely():
     """Fitting on CUDA from the same initial parameters follows the CPU fit."""
     X = random_data(300, 8, 2, np.random.default_rng(1))
-    kw = dict(leaf="bernoulli", n_sums=3, n_repetitions=2, batch_size=None, tol=None, dtype="float64", random_state=0)
+    kw = dict(leaf="bernoulli", n_sums=3, n_repetitions=2, batch_size=None, tol=None, early_stopping=False, dtype="float64", random_state=0)
     cpu = EinsumNetworkDensity(max_iter=1, **kw).fit(X)
     gpu = _to_cuda(cpu)
     cpu.set_params(warm_start=True, max_iter=3)

@@ -45,8 +45,10 @@ def test_demo_writes_png_and_reports_plausible_numbers(tmp_path, capsys):
     assert test_bpd == pytest.approx(float(bits_per_dimension(test_ll, 64)), abs=2e-3)
     assert test_ll < 0 and train_ll < 0
     assert n_params > 0
-    # One progress line per epoch (verbose=1), three epochs at --quick.
-    assert len(re.findall(r"epoch \d+/3 ", out)) == 3
+    # One progress line per epoch (verbose=1): at --quick, three of
+    # stochastic EM, then one of full-batch EM.
+    assert len(re.findall(r"epoch \d+ stochastic EM", out)) == 3
+    assert len(re.findall(r"epoch 4 full-batch EM", out)) == 1
     assert f"picture: {path}" in out
 
 

@@ -21,7 +21,7 @@ from conftest import hand_built_graph_5, random_data
 def _em_trace(X, n_steps, **params):
     """Training log-likelihoods after init and after each of n_steps EM epochs."""
     model = EinsumNetworkDensity(
-        max_iter=1, batch_size=None, tol=None, warm_start=True, dtype="float64", random_state=0, **params
+        max_iter=1, batch_size=None, tol=None, early_stopping=False, warm_start=True, dtype="float64", random_state=0, **params
     )
     lls = []
     for _ in range(n_steps):
@@ -91,7 +91,7 @@ def test_em_monotone_discrete(leaf, n_states, params, with_nan):
 def _mixture_circuit(leaf_name, X, K, seed, **leaf_kw):
     model = EinsumNetworkDensity(
         structure="rat", depth=0, n_repetitions=1, n_sums=K, leaf=leaf_name, max_iter=1, batch_size=None,
-        tol=None, dtype="float64", random_state=seed, **leaf_kw,
+        tol=None, early_stopping=False, dtype="float64", random_state=seed, **leaf_kw,
     ).fit(X)
     assert not model.region_graph_.partitions and len(model.region_graph_.regions) == 1
     leaf = make_leaf(leaf_name, **{k: v for k, v in leaf_kw.items() if k in ("min_var", "max_var")})
@@ -183,7 +183,7 @@ def test_estimator_full_batch_step_equals_closed_form():
     rng = np.random.default_rng(6)
     X = _gaussian_data(rng, n=100, d=2)
     model = EinsumNetworkDensity(
-        depth=0, n_repetitions=1, n_sums=3, max_iter=1, batch_size=None, tol=None, min_var=0.01,
+        depth=0, n_repetitions=1, n_sums=3, max_iter=1, batch_size=None, tol=None, early_stopping=False, min_var=0.01,
         dtype="float64", random_state=0, warm_start=True,
     ).fit(X)
     phi = model.params_.leaf[0].numpy()

@@ -46,7 +46,7 @@ def pd_structures(draw):
 def _random_model(n_variables, params, n_sums, seed):
     X = random_data(30, n_variables, 2, np.random.default_rng(seed))
     model = EinsumNetworkDensity(
-        leaf="bernoulli", n_sums=n_sums, max_iter=1, batch_size=None, tol=None, dtype="float64",
+        leaf="bernoulli", n_sums=n_sums, max_iter=1, batch_size=None, tol=None, early_stopping=False, dtype="float64",
         random_state=seed, **params,
     )
     return model.fit(X)

@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 
 import skpc.base
 from skpc import CircuitOutlierDetector, EinsumNetworkClassifier, EinsumNetworkDensity
-from skpc.base import ConvergenceMonitor
+from skpc.base import ProgressPrinter
 
 from conftest import small_density
 
@@ -189,17 +189,17 @@ def test_verbose_prints_epochs_and_pickles_no_progress(rng, capsys):
     model = _density(max_iter=3, verbose=1).fit(X)
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if "epoch" in line]
-    assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"]
-    assert all("train ll" in line for line in lines)
+    assert [line.split()[2] for line in lines] == ["1", "2", "3"]
+    assert all("full-batch EM" in line and " train -" in line for line in lines)
     # Nothing about progress travels with the model: no monitor, no stream,
     # and pickling works while stdout is captured by pytest.
     state = model.__getstate__()
     for value in state.values():
-        assert not isinstance(value, (ConvergenceMonitor, io.IOBase))
+        assert not isinstance(value, (ProgressPrinter, io.IOBase))
     # Only parameters, fitted attributes and version stamps.
     assert all(name in model.get_params() or name.endswith("_") or "version" in name for name in state), state.keys()
     data = pickle.dumps(model)
-    assert b"ConvergenceMonitor" not in data and b"stdout" not in data
+    assert b"ProgressPrinter" not in data and b"stdout" not in data
     loaded = pickle.loads(data)
     assert capsys.readouterr().out == ""  # loading prints nothing
     np.testing.assert_array_equal(loaded.score_samples(X), model.score_samples(X))
@@ -207,7 +207,7 @@ def test_verbose_prints_epochs_and_pickles_no_progress(rng, capsys):
 
 def test_verbose_two_prints_batches(rng, capsys):
     X = _data(rng)
-    _density(max_iter=2, batch_size=50, verbose=2).fit(X)
+    _density(max_iter=2, batch_size=50, max_full_batch_iter=0, verbose=2).fit(X)
     out = capsys.readouterr().out
     assert out.count("batch ") == 2 * 4  # 200 rows / 50 per batch, 2 epochs
-    assert out.count("train ll") == 2
+    assert out.count("stochastic EM") == 2

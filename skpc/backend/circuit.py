@@ -1,20 +1,28 @@
-"""A region graph compiled into index tensors, and its forward/backward passes.
+"""A region graph compiled into a public layout, index tensors and passes.
 
 Layout. Every tensor of log-densities is region-major with the batch last,
-``(rows, K, B)``: the einsum of one level is a single batched matmul over its
-partitions with a wide (K, B) output, and gathering children selects
-contiguous ``(K, B)`` blocks (or is a zero-copy slice).
+``(rows, K, B)``: the partition layer of one level is a single batched
+matmul over its partitions with a wide (K, B) output, and gathering children
+selects contiguous ``(K, B)`` blocks (or is a zero-copy slice).
 
 Stores. Height 0 holds the leaf regions. For every height h >= 1 (the
 topological levels of ``RegionGraph.heights``):
 
-- ``partition_store[h]`` (L_h, K, B): the einsum outputs of the partitions of
+- ``partition_store[h]`` (L_h, K, B): the outputs of the partitions of
   height h. Its first ``n_single[h]`` rows belong, in order, to the regions
   of height h that have a single partition; the rest belong to regions with
   several partitions (of height >= h).
 - ``region_store[h]`` (R_h, K, B): the region values of height h: the first
-  ``n_single[h]`` rows are those same einsum outputs (a zero-copy slice), the
-  rest are the mixing layer's outputs.
+  ``n_single[h]`` rows are those same partition outputs (a zero-copy slice),
+  the rest are the mixing layer's outputs.
+
+Where every region and partition lives is public, as numpy data:
+``CompiledCircuit.layout`` (a :class:`CircuitLayout`).
+
+Weights. Every sum-weight tensor has a name and the axis along which its
+distributions sum to one (:class:`WeightSpec`, ``CompiledCircuit.weight_specs``);
+initialization, the EM M-step and the unconstrained map for gradient
+training all read that one list.
 
 The compiled circuit holds no parameters and keeps nothing from the last
 batch: parameters come in as a ``CircuitParams``, and a missing-value mask
@@ -26,69 +34,127 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .layers import (
-    log_einsum_exp,
-    log_einsum_exp_halves,
-    log_einsum_max,
-    log_mix,
-    log_mix_max,
-    log_root,
-    log_root_max,
-)
+from .layers import log_einsum_exp, log_einsum_exp_halves, log_hadamard_exp, log_mix, log_root
+
+PARTITION_LAYERS = ("einsum", "cp")
+SEMIRINGS = ("sum", "max")
 
 
-@dataclass
+@dataclass(frozen=True)
+class WeightSpec:
+    """One sum-weight tensor of a compiled circuit.
+
+    name : "partition.h", "mixing.h" (h the height) or "root".
+    shape : its shape.
+    norm_dim : the axis along which each distribution sums to one.
+    pad : (M, P) bool tensor, True on the padding of mixing regions with
+        fewer partitions than the widest (those weights are 0), or None
+        where there is no padding.
+    """
+
+    name: str
+    shape: tuple
+    norm_dim: int
+    pad: object = None
+
+    def valid_mask(self, dtype):
+        """1 on real weights, 0 on padding, broadcastable to the tensor; None without padding."""
+        if self.pad is None:
+            return None
+        return (~self.pad).unsqueeze(-1).to(dtype)  # (M, P, 1)
+
+    def n_free(self):
+        """Free parameters: the entries minus one per distribution, padding excluded."""
+        if self.pad is None:
+            n = int(np.prod(self.shape))
+            return n - n // self.shape[self.norm_dim]
+        sizes = (~self.pad).sum(1)  # real partitions per mixing region
+        return int((sizes - 1).sum()) * self.shape[2]
+
+
 class CircuitParams:
     """Parameters of a compiled circuit (all on one device and dtype).
 
-    leaf : (L0, S, K, T) expectation parameters of the leaf densities.
-    einsum : per height h >= 1, (L_h, K, K*K) sum weights, normalized over the last dim.
-    mixing : per height h >= 1, (M_h, P_h, K) mixing weights (0 on padding),
-        normalized over dim 1, or None where no region of height h mixes.
-    root : (K,) weights of the root sum node.
+    leaf : Tensor (L0, S, K, T)
+        Expectation parameters of the leaf densities.
+    weights : dict name -> Tensor
+        The sum weights, in the order of ``CompiledCircuit.weight_specs``:
+        ``partition.h`` (L_h, K, K*K) for einsum layers or (L_h, K, K) for
+        CP layers, normalized over the last axis; ``mixing.h`` (M_h, P_h, K),
+        0 on padding, normalized over axis 1; ``root`` (K,) unless the
+        circuit has one output per component of its top region.
     """
 
-    leaf: torch.Tensor
-    einsum: list
-    mixing: list
-    root: torch.Tensor
+    def __init__(self, leaf, weights):
+        self.leaf = leaf
+        self.weights = dict(weights)
+
+    @property
+    def root(self):
+        return self.weights.get("root")
 
     def tensors(self):
-        """All weight tensors after the leaves, in a fixed order."""
-        return [*self.einsum, *(m for m in self.mixing if m is not None), self.root]
+        """The weight tensors, in ``weight_specs`` order."""
+        return list(self.weights.values())
 
     def map(self, fn):
         """A new CircuitParams with ``fn`` applied to every tensor."""
-        return CircuitParams(
-            leaf=fn(self.leaf),
-            einsum=[fn(w) for w in self.einsum],
-            mixing=[None if m is None else fn(m) for m in self.mixing],
-            root=fn(self.root),
-        )
+        return CircuitParams(fn(self.leaf), {name: fn(w) for name, w in self.weights.items()})
 
     def with_weights(self, weights):
-        """Replace the weight tensors (in ``tensors()`` order)."""
-        it = iter(weights)
-        einsum = [next(it) for _ in self.einsum]
-        mixing = [None if m is None else next(it) for m in self.mixing]
-        return CircuitParams(leaf=self.leaf, einsum=einsum, mixing=mixing, root=next(it))
+        """Replace the weight tensors (a list in ``tensors()`` order)."""
+        weights = list(weights)
+        if len(weights) != len(self.weights):
+            raise ValueError(f"expected {len(self.weights)} weight tensors, got {len(weights)}")
+        return CircuitParams(self.leaf, dict(zip(self.weights, weights)))
 
-    def n_parameters(self, circuit):
-        """Free parameters: sum weights minus their normalization, plus leaf parameters."""
-        total = 0
-        for w in self.einsum:
-            total += w.shape[0] * w.shape[1] * (w.shape[2] - 1)
-        for h, m in enumerate(self.mixing):
-            if m is not None:
-                sizes = (~circuit.mix_pad[h + 1]).sum(1)  # partitions per mixing region
-                total += int((sizes - 1).sum()) * m.shape[2]
-        total += self.root.shape[0] - 1
-        n_pairs = int(circuit.n_pairs)
-        stats = self.leaf.shape[-1]
-        # a categorical leaf's probabilities sum to one: C - 1 free values
-        free_per_leaf = stats - 1 if circuit.leaf_is_simplex else stats
-        total += n_pairs * self.leaf.shape[2] * free_per_leaf
-        return int(total)
+    def __repr__(self):
+        shapes = ", ".join(f"{n}={tuple(w.shape)}" for n, w in self.weights.items())
+        return f"CircuitParams(leaf={tuple(self.leaf.shape)}, {shapes})"
+
+
+@dataclass
+class CircuitLayout:
+    """Where every region and partition of the region graph lives (numpy data).
+
+    region_height, region_row : (n_regions,)
+        The store (height) and row holding each region's K values.
+    partition_height, partition_row : (n_partitions,)
+        The partition store and row of each partition.
+    n_single : (H + 1,)
+        Rows of partition store h that are also region rows (single-partition regions).
+    root : int
+        The root region's index in the graph.
+    leaf_scope : (L0, S)
+        Variables of each leaf region row, padded with ``n_variables``.
+    """
+
+    region_height: np.ndarray
+    region_row: np.ndarray
+    partition_height: np.ndarray
+    partition_row: np.ndarray
+    n_single: np.ndarray
+    root: int
+    leaf_scope: np.ndarray
+
+    def region_location(self, region):
+        """(height, row) of a region."""
+        return int(self.region_height[region]), int(self.region_row[region])
+
+
+@dataclass
+class ForwardPass:
+    """What ``CompiledCircuit.forward`` computed.
+
+    output : (B,) log p of each row, or (B, K) the log-values of the K sums
+        of the top region for a multi-output circuit.
+    regions : dict region -> (B, K) values of the regions asked for.
+    trace : every store and every layer's gathered inputs (for backtracking), or None.
+    """
+
+    output: torch.Tensor
+    regions: dict = field(default_factory=dict)
+    trace: tuple = None
 
 
 @dataclass
@@ -99,7 +165,6 @@ class _Gather:
     index: torch.Tensor
     row_height: np.ndarray = field(repr=False)  # (n,) height of each gathered row
     row: np.ndarray = field(repr=False)  # (n,) row within that height's store
-
     start: int = -1  # >= 0 when the rows are one contiguous block of one store
 
     def __call__(self, stores):
@@ -135,26 +200,38 @@ class CompiledCircuit:
     n_sums : int
         K, the number of densities per region.
     leaf : ExponentialFamilyLeaf
+        The (fitted) leaf family; bound to the leaf layout here.
     device : torch.device
+    layer : {"einsum", "cp"}
+        Partition layer: "einsum" (Tucker) mixes all K*K pairs of the two
+        child vectors, "cp" (Hadamard) their elementwise product, then a
+        dense K x K sum.
+    multi_output : bool
+        False: one output, a root sum over the K values of the top region.
+        True: the K values of the top region are the outputs (no root sum).
     """
 
-    def __init__(self, graph, n_sums, leaf, device="cpu"):
+    def __init__(self, graph, n_sums, leaf, device="cpu", layer="einsum", multi_output=False):
+        if layer not in PARTITION_LAYERS:
+            raise ValueError(f"layer={layer!r} is not supported; use one of {PARTITION_LAYERS}.")
         if any(len(children) != 2 for _, children in graph.partitions):
             graph = graph.binarize()
         self.graph = graph
         self.n_sums = int(n_sums)
-        self.leaf = leaf
         self.device = torch.device(device)
+        self.layer = layer
+        self.multi_output = bool(multi_output)
         self.n_variables = graph.n_variables
         self._compile(graph)
+        self.leaf = leaf.for_scope(self.leaf_scope)
+        self.weight_specs = self._weight_specs()
 
     # ---------------------------------------------------------------- build
     def _compile(self, graph):
-        region_h, partition_h = graph.heights()
+        region_height, partition_height = graph.heights()
         region_parts = graph.region_partitions()
-        self.height = int(region_h.max()) if len(region_h) else 0
+        self.height = int(region_height.max()) if len(region_height) else 0
         H = self.height
-        root = graph.root
         dev = self.device
 
         # Row order of every store. Regions of height h come single-partition
@@ -172,10 +249,10 @@ class CompiledCircuit:
         regions_at = [[] for _ in range(H + 1)]
         for r in range(n_regions):
             if region_parts[r]:
-                regions_at[region_h[r]].append(r)
+                regions_at[region_height[r]].append(r)
         partitions_at = [[] for _ in range(H + 1)]
         for p in range(len(graph.partitions)):
-            partitions_at[partition_h[p]].append(p)
+            partitions_at[partition_height[p]].append(p)
 
         def default_order(h):
             single = [r for r in regions_at[h] if len(region_parts[r]) == 1]
@@ -203,13 +280,15 @@ class CompiledCircuit:
             ):
                 order_regions[h - 1] = lefts_rights
 
-        region_loc, partition_loc = {}, {}
+        layout_region = np.zeros((2, n_regions), dtype=np.int64)  # (height, row) of each region
+        layout_partition = np.zeros((2, len(graph.partitions)), dtype=np.int64)
         for h in range(H + 1):
             for row, r in enumerate(order_regions[h]):
-                region_loc[r] = (h, row)
+                layout_region[:, r] = (h, row)
         for h in range(1, H + 1):
             for row, p in enumerate(order_parts[h]):
-                partition_loc[p] = (h, row)
+                layout_partition[:, p] = (h, row)
+
         leaves = order_regions[0]
         scopes = [graph.regions[r] for r in leaves]
         self.leaf_width = max(len(s) for s in scopes)
@@ -218,8 +297,18 @@ class CompiledCircuit:
         for row, s in enumerate(scopes):
             scope[row, : len(s)] = s
         self.leaf_scope = torch.as_tensor(scope, device=dev)  # (L0, S)
-        self.n_pairs = int(sum(len(s) for s in scopes))
-        self.leaf_is_simplex = self.leaf.name == "categorical"
+        self.layout = CircuitLayout(
+            region_height=layout_region[0],
+            region_row=layout_region[1],
+            partition_height=layout_partition[0],
+            partition_row=layout_partition[1],
+            n_single=np.asarray(self.n_single, dtype=np.int64),
+            root=int(graph.root),
+            leaf_scope=scope,
+        )
+
+        def location(region):
+            return self.layout.region_location(region)
 
         self.region_store_sizes = [len(order_regions[h]) for h in range(H + 1)]
         self.partition_store_sizes = [0] + [len(order_parts[h]) for h in range(1, H + 1)]
@@ -228,21 +317,21 @@ class CompiledCircuit:
         self.mix_padded = [False]
         for h in range(1, H + 1):
             parts = order_parts[h]
-            lh, lr = zip(*(region_loc[graph.partitions[p][1][0]] for p in parts))
-            rh, rr = zip(*(region_loc[graph.partitions[p][1][1]] for p in parts))
-            self.left.append(_make_gather(lh, lr, self.region_store_sizes, dev))
-            self.right.append(_make_gather(rh, rr, self.region_store_sizes, dev))
+            left_heights, left_rows = zip(*(location(graph.partitions[p][1][0]) for p in parts))
+            right_heights, right_rows = zip(*(location(graph.partitions[p][1][1]) for p in parts))
+            self.left.append(_make_gather(left_heights, left_rows, self.region_store_sizes, dev))
+            self.right.append(_make_gather(right_heights, right_rows, self.region_store_sizes, dev))
             multi = mix_regions[h]
             if multi:
                 width = max(len(region_parts[r]) for r in multi)
                 heights, rows = [], []
                 pad_mask = np.ones((len(multi), width), dtype=bool)
                 for m, r in enumerate(multi):
-                    locs = [partition_loc[p] for p in region_parts[r]]
-                    locs += [locs[0]] * (width - len(locs))  # padding repeats a real row
+                    locations = [tuple(layout_partition[:, p]) for p in region_parts[r]]
+                    locations += [locations[0]] * (width - len(locations))  # padding repeats a real row
                     pad_mask[m, : len(region_parts[r])] = False
-                    heights += [a for a, _ in locs]
-                    rows += [b for _, b in locs]
+                    heights += [a for a, _ in locations]
+                    rows += [b for _, b in locations]
                 self.mix_gather.append(_make_gather(heights, rows, self.partition_store_sizes, dev))
                 self.mix_pad.append(torch.as_tensor(pad_mask, device=dev))
                 self.mix_padded.append(bool(pad_mask.any()))
@@ -250,7 +339,7 @@ class CompiledCircuit:
                 self.mix_gather.append(None)
                 self.mix_pad.append(None)
                 self.mix_padded.append(False)
-        self.root_loc = region_loc[root]
+        self.root_loc = location(graph.root)
         # Levels whose left children are exactly the first half of the store
         # below and the right children the second half (tree levels).
         self.children_are_halves = [False] + [
@@ -261,179 +350,279 @@ class CompiledCircuit:
             for h in range(1, H + 1)
         ]
 
-    def chunk_size(self, budget=2**25):
-        """Rows per forward pass so that the widest intermediate tensor
-        (the outer products of a level, (L_h, K*K, B), or the leaf
-        statistics) stays under ``budget`` elements. Semantics never depend
-        on it; memory does."""
+    def _weight_specs(self):
         K = self.n_sums
-        widest = max([n * K * K for n in self.partition_store_sizes[1:]] + [self.leaf_scope.numel() * 4, 1])
-        return int(min(4096, max(16, budget // widest)))
+        fan_in = K * K if self.layer == "einsum" else K
+        specs = [WeightSpec(f"partition.{h}", (n, K, fan_in), 2) for h, n in enumerate(self.partition_store_sizes) if h]
+        for h in range(1, self.height + 1):
+            pad = self.mix_pad[h]
+            if pad is not None:
+                # the padding mask only where some region has fewer partitions than the widest
+                mask = pad if self.mix_padded[h] else None
+                specs.append(WeightSpec(f"mixing.{h}", (pad.shape[0], pad.shape[1], K), 1, mask))
+        if not self.multi_output:
+            specs.append(WeightSpec("root", (K,), 0))
+        return specs
+
+    @property
+    def n_outputs(self):
+        return self.n_sums if self.multi_output else 1
+
+    def chunk_size(self, budget=2**25, per_row=None):
+        """Rows per pass so that the widest intermediate tensor (the outer
+        products of a level, (L_h, K*K, B), or the leaf statistics) stays
+        under ``budget`` elements, or, given ``per_row`` (elements a row
+        needs in all), so that one chunk needs at most ``budget``.
+        Semantics never depend on it; memory does."""
+        if per_row is None:
+            K = self.n_sums
+            per_row = max([n * K * K for n in self.partition_store_sizes[1:]] + [self.leaf_scope.numel() * 4, 1])
+        return int(min(4096, max(16, budget // per_row)))
+
+    def sampling_chunk_size(self, budget=2**23):
+        """Rows per backtracking pass: it keeps every store, every layer's
+        inputs and one level's (L_h, K*K, B) choice logits at a time, so a
+        row costs about twice the circuit's stored values plus the widest level."""
+        K = self.n_sums
+        fan_in = K * K if self.layer == "einsum" else K
+        stored = sum(self.region_store_sizes) * K + sum(self.partition_store_sizes) * K
+        widest = max([n * fan_in for n in self.partition_store_sizes[1:]] + [1])
+        return self.chunk_size(budget, per_row=3 * stored + widest + self.leaf_scope.numel() * 4)
 
     # --------------------------------------------------------------- params
     def init_params(self, X, generator, dtype):
-        """Random sum weights and data-dependent leaves.
+        """Data-dependent leaves and random sum weights.
 
-        X (N, D) tensor with NaN for missing entries. Each leaf density starts
-        at the value of one random training sample (a missing one replaced by
-        its feature's mean), as k-means++ style seeding would.
+        X (N, D) tensor with NaN for missing entries (see the leaf's
+        ``init_from_data``). Weights are drawn in float64 whatever the dtype,
+        so equal seeds start float32 and float64 fits from the same point.
         """
-        K, dev = self.n_sums, self.device
-        L0, S = self.leaf_scope.shape
-        N = X.shape[0]
-        rows = torch.randint(0, N, (L0, S, K), generator=generator, device=dev)
-        col_fill = torch.nan_to_num(torch.nanmean(X, 0), nan=self.leaf.fill_value())
-        Xf = torch.where(torch.isnan(X), col_fill, X)
-        Xf = torch.cat([Xf, torch.full((N, 1), self.leaf.fill_value(), dtype=X.dtype, device=dev)], 1)
-        values = Xf[rows, self.leaf_scope.unsqueeze(-1).expand(L0, S, K)]  # (L0, S, K)
-        if self.leaf.name == "categorical":
-            values = values.round()
-        col_var = torch.nan_to_num(_nanvar(X), nan=1.0)
-        col_var = torch.where(col_var > 0, col_var, torch.ones_like(col_var))
-        col_var = torch.cat([col_var, col_var.new_ones(1)])[self.leaf_scope].unsqueeze(-1)  # (L0, S, 1)
-        leaf = self.leaf.init_phi(values, col_var, generator)
+        leaf = self.leaf.init_from_data(X, self.leaf_scope, self.n_sums, generator).to(dtype)
+        weights = {}
+        for spec in self.weight_specs:
+            w = torch.rand(spec.shape, generator=generator, device=self.device, dtype=torch.float64) + 0.5
+            mask = spec.valid_mask(w.dtype)
+            if mask is not None:
+                w = w * mask
+            weights[spec.name] = (w / w.sum(spec.norm_dim, keepdim=True)).to(dtype)
+        return CircuitParams(leaf, weights)
 
-        def simplex(shape, dim):
-            # drawn in float64 whatever the dtype: equal seeds start float32
-            # and float64 fits from the same point
-            w = torch.rand(shape, generator=generator, device=dev, dtype=torch.float64) + 0.5
-            return (w / w.sum(dim, keepdim=True)).to(dtype)
-
-        einsum = [simplex((n, K, K * K), 2) for n in self.partition_store_sizes[1:]]
-        mixing = [None]
-        for h in range(1, self.height + 1):
-            pad = self.mix_pad[h]
-            if pad is None:
-                mixing.append(None)
-                continue
-            w = simplex((pad.shape[0], pad.shape[1], K), 1) * (~pad).unsqueeze(-1)
-            mixing.append(w / w.sum(1, keepdim=True))
-        return CircuitParams(leaf=leaf.to(dtype), einsum=einsum, mixing=mixing[1:], root=simplex((K,), 0))
+    def n_parameters(self, params=None):
+        """Free parameters: sum weights minus their normalization, plus the leaves'."""
+        total = sum(spec.n_free() for spec in self.weight_specs)
+        return int(total + self.n_sums * self.leaf.n_free_parameters(self.leaf_scope, self.n_variables))
 
     # ------------------------------------------------------------- forward
     def leaf_inputs(self, X):
         """Per-batch leaf data of X (B, D) with NaN = missing (see ``leaf.prepare``)."""
         return self.leaf.prepare(X, self.leaf_scope)
 
-    def forward(self, leaf_values, params, keep_trace=False, max_product=False):
-        """log p per sample from the leaf region values (L0, K, B).
+    def leaf_values(self, data, params, semiring="sum"):
+        """Leaf region log-values (L0, K, B): densities, or for the max
+        semiring with missing entries at their modes (MPE's upward pass)."""
+        if semiring == "sum":
+            return self.leaf.region_log_prob(data, params.leaf)
+        real = (self.leaf_scope < self.n_variables).to(params.leaf.dtype)  # (L0, S): 0 on padding
+        return self.leaf.region_log_max(data, params.leaf, real)
 
-        Returns (log_prob (B,), trace). ``trace`` holds every store and the
-        gathered inputs of every layer when ``keep_trace`` (for sampling),
-        else None. With ``max_product`` every sum becomes a max (the upward
-        pass of MPE): the result is the log-value of the best induced tree.
+    def forward(self, leaf_values, params, semiring="sum", evidence=None, regions=(), keep_trace=False):
+        """Evaluate the circuit from the leaf region values (L0, K, B).
+
+        Parameters
+        ----------
+        leaf_values : Tensor (L0, K, B)
+        params : CircuitParams
+        semiring : {"sum", "max"}
+            "max" turns every sum into a max (the upward pass of MPE): the
+            result is the log-value of the best induced tree.
+        evidence : dict region -> Tensor (B, K) bool, optional
+            Evidence on (internal or leaf) regions: the components allowed
+            for each row; the others are set to -inf. With a materialized
+            latent variable at a region, this conditions on its value.
+        regions : iterable of region indices
+            Regions whose values to return as well.
+        keep_trace : bool
+            Keep every store and layer input (for backtracking).
+
+        Returns
+        -------
+        ForwardPass
         """
-        regions = [leaf_values]
-        partitions = [None]
+        if semiring not in SEMIRINGS:
+            raise ValueError(f"semiring={semiring!r} is not supported; use 'sum' or 'max'.")
+        masks = self._evidence_masks(evidence, leaf_values)
+        stores = [self._apply_evidence(leaf_values, masks, 0)]
+        partition_stores = [None]
         inputs = [None]
         for h in range(1, self.height + 1):
-            left = self.left[h](regions)
-            right = self.right[h](regions)
-            if max_product:
-                out = log_einsum_max(left, right, params.einsum[h - 1])  # (L_h, K, B)
-            elif self.children_are_halves[h]:
-                out = log_einsum_exp_halves(regions[h - 1], params.einsum[h - 1])
-            else:
-                out = log_einsum_exp(left, right, params.einsum[h - 1])
-            partitions.append(out)
+            weight = params.weights[f"partition.{h}"]
+            left = self.left[h](stores)
+            right = self.right[h](stores)
+            out = self._partition_layer(h, stores, left, right, weight, semiring)  # (L_h, K, B)
+            partition_stores.append(out)
             n_single = self.n_single[h]
-            mixed = None
+            gathered = None
             if self.mix_gather[h] is not None:
                 M, P = self.mix_pad[h].shape
-                gathered = self.mix_gather[h](partitions)  # (M*P, K, B)
+                gathered = self.mix_gather[h](partition_stores)  # (M*P, K, B)
                 gathered = gathered.view(M, P, *gathered.shape[1:])
                 if self.mix_padded[h]:
                     gathered = gathered.masked_fill(self.mix_pad[h].view(M, P, 1, 1), float("-inf"))
-                mix = log_mix_max if max_product else log_mix
-                mixed = mix(gathered, params.mixing[h - 1])  # (M, K, B)
-                region = torch.cat([out[:n_single], mixed], 0) if n_single else mixed
+                mixed = log_mix(gathered, params.weights[f"mixing.{h}"], semiring)  # (M, K, B)
+                level = torch.cat([out[:n_single], mixed], 0) if n_single else mixed
             elif n_single < out.shape[0]:
-                region = out[:n_single]
+                level = out[:n_single]
             else:  # a tree level: no slice, so no slice in the backward pass either
-                region = out
-            regions.append(region)
+                level = out
+            stores.append(self._apply_evidence(level, masks, h))
             if keep_trace:
-                inputs.append((left, right, gathered if mixed is not None else None))
-        h, row = self.root_loc
-        log_prob = (log_root_max if max_product else log_root)(regions[h][row], params.root)
-        trace = (regions, partitions, inputs) if keep_trace else None
-        return log_prob, trace
+                inputs.append((left, right, gathered))
+        height, row = self.root_loc
+        top = stores[height][row]  # (K, B)
+        output = top.t() if self.multi_output else log_root(top, params.weights["root"], semiring)
+        values = {}
+        for r in regions:
+            h, row = self.layout.region_location(r)
+            values[r] = stores[h][row].t()
+        trace = (stores, partition_stores, inputs) if keep_trace else None
+        return ForwardPass(output, values, trace)
 
-    def log_prob(self, X, params):
-        """log p(x) per row of X (B, D); NaN entries are marginalized."""
+    def _partition_layer(self, h, stores, left, right, weight, semiring):
+        if self.layer == "cp":
+            return log_hadamard_exp(left, right, weight, semiring)
+        if semiring == "sum" and self.children_are_halves[h]:
+            return log_einsum_exp_halves(stores[h - 1], weight)
+        return log_einsum_exp(left, right, weight, semiring)
+
+    def _evidence_masks(self, evidence, leaf_values):
+        """{height: (rows, mask (n, K, B))} from {region: (B, K) bool}."""
+        if not evidence:
+            return {}
+        B = leaf_values.shape[2]
+        grouped = {}
+        for region, allowed in evidence.items():
+            allowed = torch.as_tensor(allowed, device=leaf_values.device, dtype=torch.bool)
+            if allowed.shape != (B, self.n_sums):
+                raise ValueError(
+                    f"evidence on region {region} must be a (n_rows, n_sums) = ({B}, {self.n_sums}) boolean "
+                    f"mask; got shape {tuple(allowed.shape)}."
+                )
+            h, row = self.layout.region_location(region)
+            grouped.setdefault(h, []).append((row, allowed.t()))
+        return grouped
+
+    @staticmethod
+    def _apply_evidence(level, masks, h):
+        """level (R_h, K, B) with disallowed components of evidence rows at -inf."""
+        if h not in masks:
+            return level
+        keep = torch.ones(level.shape, dtype=torch.bool, device=level.device)
+        for row, allowed in masks[h]:
+            keep[row] &= allowed
+        return level.masked_fill(~keep, float("-inf"))
+
+    def log_prob(self, X, params, evidence=None):
+        """The circuit's output per row of X (B, D) (NaN entries marginalized):
+        log p(x) (B,), or (B, K) for a multi-output circuit."""
         leaf_values = self.leaf.region_log_prob(self.leaf_inputs(X), params.leaf)
-        return self.forward(leaf_values, params)[0]
+        return self.forward(leaf_values, params, evidence=evidence).output
 
     # ------------------------------------------------------------ backward
-    def backtrack(self, leaf_values, params, generator, greedy):
+    def backtrack(self, leaf_values, params, generator, method, evidence=None, start=None):
         """Choose, per sample, an induced tree top-down; return the leaf choices.
 
-        At every sum node the child is drawn from its posterior given the
-        evidence in ``leaf_values`` (weight times child likelihood). With
-        ``greedy`` the upward pass is max-product and every sum node takes
-        its maximizing child: the best induced tree (approximate MPE;
-        ``leaf_values`` then from ``leaf.region_log_max``). All samples at once.
+        method "sample": at every sum node the child is drawn from its
+        posterior given the evidence in ``leaf_values`` (weight times child
+        likelihood). method "mpe": the upward pass is max-product and every
+        sum node takes its maximizing child: the best induced tree
+        (approximate MPE; ``leaf_values`` then from ``leaf_values(...,
+        semiring="max")``). All samples at once.
+
+        start : (B,) long, the component of the top region to start from;
+            required for multi-output circuits, chosen by the root sum otherwise.
 
         Returns (L0, B) long: the chosen density of each leaf region, -1
         where the region is not in the sample's tree.
         """
-        _, (regions, partitions, inputs) = self.forward(leaf_values, params, keep_trace=True, max_product=greedy)
+        mpe = method == "mpe"
+        semiring = "max" if mpe else "sum"
+        stores, partition_stores, inputs = self.forward(
+            leaf_values, params, semiring=semiring, evidence=evidence, keep_trace=True
+        ).trace
         B = leaf_values.shape[2]
         K = self.n_sums
         dev = leaf_values.device
-        H = self.height
-        region_k = [torch.full((B, n), -1, dtype=torch.long, device=dev) for n in self.region_store_sizes]
-        partition_k = [torch.full((B, n), -1, dtype=torch.long, device=dev) for n in self.partition_store_sizes]
+        region_choice = [torch.full((B, n), -1, dtype=torch.long, device=dev) for n in self.region_store_sizes]
+        partition_choice = [torch.full((B, n), -1, dtype=torch.long, device=dev) for n in self.partition_store_sizes]
 
-        h, row = self.root_loc
-        logits = torch.log(params.root).unsqueeze(1) + regions[h][row]  # (K, B)
-        region_k[h][:, row] = _choose(logits, 0, generator, greedy)
+        height, row = self.root_loc
+        if start is not None:
+            region_choice[height][:, row] = torch.as_tensor(start, device=dev, dtype=torch.long)
+        elif self.multi_output:
+            raise ValueError("a multi-output circuit needs the top region's component of every row (start=...).")
+        else:
+            logits = torch.log(params.weights["root"]).unsqueeze(1) + stores[height][row]  # (K, B)
+            region_choice[height][:, row] = _choose(logits, 0, generator, mpe)
 
-        for h in range(H, 0, -1):
+        for h in range(self.height, 0, -1):
             n_single = self.n_single[h]
-            partition_k[h][:, :n_single] = region_k[h][:, :n_single]
+            partition_choice[h][:, :n_single] = region_choice[h][:, :n_single]
             left, right, gathered = inputs[h]
             if gathered is not None:
-                M, P = self.mix_pad[h].shape
-                k = region_k[h][:, n_single:]  # (B, M)
-                active = k >= 0
-                kk = k.clamp_min(0).t()  # (M, B)
-                # log V[m, p, k_mb] + Y[m, p, k_mb, b] -> (M, P, B)
-                value = torch.gather(gathered, 2, kk.view(M, 1, 1, B).expand(M, P, 1, B)).squeeze(2)
-                log_w = torch.log(params.mixing[h - 1])  # (M, P, K)
-                log_w = torch.gather(log_w, 2, kk.unsqueeze(1).expand(M, P, B))
-                choice = _choose(value + log_w, 1, generator, greedy)  # (M, B)
-                spec = self.mix_gather[h]
-                flat = (torch.arange(M, device=dev) * P).unsqueeze(1) + choice  # (M, B) rows of spec
-                tgt_h = torch.as_tensor(spec.row_height, device=dev)[flat]
-                tgt_row = torch.as_tensor(spec.row, device=dev)[flat]
-                val = torch.where(active.t(), k.t(), -1)
-                _scatter_choice(partition_k, tgt_h.t(), tgt_row.t(), val.t(), spec.sources)
+                self._backtrack_mixing(h, gathered, params, region_choice, partition_choice, generator, mpe)
+            chosen = partition_choice[h]  # (B, L_h): the output component of each partition, -1 if unused
+            active = chosen >= 0
+            n_parts = chosen.shape[1]
+            weight = params.weights[f"partition.{h}"].transpose(1, 2)  # (L, fan_in, K_out)
+            fan_in = weight.shape[1]
+            component = chosen.clamp_min(0).t().unsqueeze(1).expand(n_parts, fan_in, B)
+            log_w = torch.log(torch.gather(weight, 2, component))  # (L, fan_in, B)
+            if self.layer == "einsum":
+                # log W[l, k_lb, ij] + N[l, i, b] + N'[l, j, b] -> (L, K*K, B)
+                logits = log_w + (left.unsqueeze(2) + right.unsqueeze(1)).reshape(n_parts, K * K, B)
+                pair = _choose(logits, 1, generator, mpe)  # (L, B)
+                left_k, right_k = pair // K, pair % K
+            else:
+                # CP: both children share the chosen component i
+                logits = log_w + left + right  # (L, K, B)
+                left_k = right_k = _choose(logits, 1, generator, mpe)
+            for gather, child_k in ((self.left[h], left_k), (self.right[h], right_k)):
+                value = torch.where(active, child_k.t(), -1)  # (B, L)
+                target_height = torch.as_tensor(gather.row_height, device=dev).expand(B, n_parts)
+                target_row = torch.as_tensor(gather.row, device=dev).expand(B, n_parts)
+                _scatter_choice(region_choice, target_height, target_row, value, gather.sources)
+        return region_choice[0].t()
 
-            k = partition_k[h]  # (B, L_h)
-            active = k >= 0
-            Lh = k.shape[1]
-            # log W[l, k_lb, ij] + N[l, i, b] + N'[l, j, b] -> (L, K*K, B)
-            w = params.einsum[h - 1].transpose(1, 2)  # (L, K*K, K_out)
-            log_w = torch.log(torch.gather(w, 2, k.clamp_min(0).t().unsqueeze(1).expand(Lh, K * K, B)))
-            logits = log_w + (left.unsqueeze(2) + right.unsqueeze(1)).reshape(Lh, K * K, B)
-            ij = _choose(logits, 1, generator, greedy)  # (L, B)
-            for spec, child_k in ((self.left[h], ij // K), (self.right[h], ij % K)):
-                val = torch.where(active, child_k.t(), -1)  # (B, L)
-                tgt_h = torch.as_tensor(spec.row_height, device=dev).expand(B, Lh)
-                tgt_row = torch.as_tensor(spec.row, device=dev).expand(B, Lh)
-                _scatter_choice(region_k, tgt_h, tgt_row, val, spec.sources)
-        return region_k[0].t()
+    def _backtrack_mixing(self, h, gathered, params, region_choice, partition_choice, generator, mpe):
+        """Choose the partition of every mixing region of height h reached by a sample."""
+        M, P = self.mix_pad[h].shape
+        n_single = self.n_single[h]
+        B = gathered.shape[-1]
+        dev = gathered.device
+        component = region_choice[h][:, n_single:]  # (B, M)
+        active = component >= 0
+        index = component.clamp_min(0).t()  # (M, B)
+        # log V[m, p, k_mb] + Y[m, p, k_mb, b] -> (M, P, B)
+        value = torch.gather(gathered, 2, index.view(M, 1, 1, B).expand(M, P, 1, B)).squeeze(2)
+        log_w = torch.log(params.weights[f"mixing.{h}"])  # (M, P, K)
+        log_w = torch.gather(log_w, 2, index.unsqueeze(1).expand(M, P, B))
+        choice = _choose(value + log_w, 1, generator, mpe)  # (M, B)
+        gather = self.mix_gather[h]
+        flat = (torch.arange(M, device=dev) * P).unsqueeze(1) + choice  # (M, B) rows of the gather
+        target_height = torch.as_tensor(gather.row_height, device=dev)[flat]
+        target_row = torch.as_tensor(gather.row, device=dev)[flat]
+        value = torch.where(active.t(), component.t(), -1)
+        _scatter_choice(partition_choice, target_height.t(), target_row.t(), value.t(), gather.sources)
 
-    def complete(self, X, params, generator, greedy):
-        """Fill the NaN entries of X (B, D): conditional sample, or the MPE of the best induced tree."""
+    def complete(self, X, params, generator, method, evidence=None, start=None):
+        """Fill the NaN entries of X (B, D): a conditional sample (method
+        "sample"), or the completion of the best induced tree ("mpe")."""
+        if method not in ("sample", "mpe"):
+            raise ValueError(f"method={method!r} is not supported; use 'sample' or 'mpe'.")
         data = self.leaf_inputs(X)
-        if greedy:
-            real = (self.leaf_scope < self.n_variables).to(X.dtype)  # (L0, S): 0 on padding
-            leaf_values = self.leaf.region_log_max(data, params.leaf, real)
-        else:
-            leaf_values = self.leaf.region_log_prob(data, params.leaf)
-        choice = self.backtrack(leaf_values, params, generator, greedy)  # (L0, B)
+        semiring = "max" if method == "mpe" else "sum"
+        leaf_values = self.leaf_values(data, params, semiring)
+        choice = self.backtrack(leaf_values, params, generator, method, evidence, start)  # (L0, B)
         L0, S = self.leaf_scope.shape
         B = X.shape[0]
         active = choice >= 0
@@ -441,7 +630,7 @@ class CompiledCircuit:
         T = phi.shape[-1]
         index = choice.clamp_min(0).view(L0, 1, B, 1).expand(L0, S, B, T)
         chosen = torch.gather(phi, 2, index)  # (L0, S, B, T)
-        values = self.leaf.mode(chosen) if greedy else self.leaf.sample(chosen, generator)
+        values = self.leaf.mode(chosen) if method == "mpe" else self.leaf.sample(chosen, generator)
         values = values * active.unsqueeze(1)  # (L0, S, B)
         # exactly one active leaf region covers each variable in a sample's tree
         filled = torch.zeros(self.n_variables + 1, B, dtype=X.dtype, device=X.device)
@@ -449,30 +638,24 @@ class CompiledCircuit:
         return torch.where(torch.isnan(X), filled[:-1].t(), X)
 
 
-def _nanvar(X):
-    """Per-column variance of X (N, D) ignoring NaN."""
-    mean = torch.nanmean(X, 0)
-    return torch.nanmean((X - mean) ** 2, 0)
-
-
-def _choose(logits, dim, generator, greedy):
-    """argmax along ``dim``, of logits plus Gumbel noise unless ``greedy``."""
-    if not greedy:
+def _choose(logits, dim, generator, mpe):
+    """argmax along ``dim`` of the logits (MPE), or of logits plus Gumbel noise (a posterior draw)."""
+    if not mpe:
         u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
         tiny = torch.finfo(logits.dtype).tiny
         logits = logits - torch.log(-torch.log(u.clamp(tiny, 1.0 - 1e-7)))
     return logits.argmax(dim)
 
 
-def _scatter_choice(stores, tgt_height, tgt_row, value, sources):
-    """stores[tgt_height][b, tgt_row] = value where value >= 0.
+def _scatter_choice(stores, target_height, target_row, value, sources):
+    """stores[target_height][b, target_row] = value where value >= 0.
 
     Within one sample each region (and partition) is reached at most once, so
     a max-reduction of the -1-initialized stores is exact even when several
     inactive writers share a target.
     """
     for s in sources:
-        sel = tgt_height == s
-        rows = torch.where(sel, tgt_row, 0)
-        vals = torch.where(sel, value, -1)
-        stores[s].scatter_reduce_(1, rows, vals, reduce="amax")
+        selected = target_height == s
+        rows = torch.where(selected, target_row, 0)
+        values = torch.where(selected, value, -1)
+        stores[s].scatter_reduce_(1, rows, values, reduce="amax")

@@ -1,19 +1,17 @@
 """Gradient training (Adam) on an unconstrained reparameterization.
 
-Sum weights become log-weights normalized by a softmax over the same axis the
-EM M-step normalizes; leaves use their family's ``to_unconstrained`` map
-(means and softplus/sigmoid variances, logits). The M-step projections are
-thereby built in, and ``constrain`` turns the result back into the
-expectation parameters that EM, sampling and pickling use.
+Sum weights become logits normalized by a softmax over the axis the EM
+M-step normalizes (``WeightSpec.norm_dim``; padding of mixing regions gets
+-inf); leaves use their family's ``to_unconstrained`` map. The M-step
+projections are thereby built in, and ``constrain`` turns the result back
+into the expectation parameters that EM, sampling and pickling use.
 """
 
 import torch
 
-from .circuit import CircuitParams
-
 
 def unconstrain(circuit, params):
-    """Leaf tensors and weight logits, detached and requiring grad."""
+    """Leaf tensor and weight logits, detached and requiring grad."""
     leaf = circuit.leaf.to_unconstrained(params.leaf).detach().requires_grad_(True)
     logits = [torch.log(w).detach().requires_grad_(True) for w in params.tensors()]
     return [leaf, *logits]
@@ -22,17 +20,11 @@ def unconstrain(circuit, params):
 def constrain(circuit, params_like, tensors):
     """CircuitParams from ``unconstrain``'s tensors (differentiable)."""
     leaf, *logits = tensors
-    n_einsum = len(params_like.einsum)
-    pads = [pad for pad in circuit.mix_pad[1:] if pad is not None]
     weights = []
-    for i, z in enumerate(logits):
-        if i < n_einsum:
-            weights.append(torch.softmax(z, dim=2))
-        elif i < len(logits) - 1:
-            pad = pads[i - n_einsum].unsqueeze(-1)  # (M, P, 1): padding gets weight 0
-            weights.append(torch.softmax(z.masked_fill(pad, float("-inf")), dim=1))
-        else:
-            weights.append(torch.softmax(z, dim=0))
+    for spec, z in zip(circuit.weight_specs, logits):
+        if spec.pad is not None:
+            z = z.masked_fill(spec.pad.unsqueeze(-1), float("-inf"))  # padding gets weight 0
+        weights.append(torch.softmax(z, dim=spec.norm_dim))
     out = params_like.with_weights(weights)
     out.leaf = circuit.leaf.from_unconstrained(leaf)
     return out
