@@ -7,13 +7,11 @@ import warnings
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state, get_tags
-
-from ._compat import validate_data
+from sklearn.utils import check_random_state
 
 # Bumped whenever the pickled layout of a fitted estimator changes; a pickle
 # of another layout is refused with a clear error instead of misbehaving.
-SERIALIZATION_VERSION = 1
+SERIALIZATION_VERSION = 2  # 2: named weight tensors, leaf_, fitted circuit parameters
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -151,53 +149,3 @@ class TorchStateMixin:
             super_setstate(state)
         else:
             self.__dict__.update(state)
-
-
-class DensityWrapperMixin:
-    """For estimators built on an inner density estimator (``estimator``,
-    default ``EinsumNetworkDensity()``) and a ``random_state``: NaN is
-    accepted exactly when the inner estimator marginalizes it, and the
-    wrapper's seed, when not None, seeds every inner clone."""
-
-    def _seed_clones(self, estimators):
-        """Give each unfitted clone its own seed from ``self.random_state``, in order.
-
-        One integer is drawn per clone, whether or not the clone has a
-        ``random_state`` (so a clone's seed depends only on its position), a
-        repeat redrawn so that no two clones share a seed, and set on the
-        clones whose ``get_params()`` has a ``random_state``. None leaves
-        every clone with the seed the user gave the template: the wrapper's
-        seed, when given, takes precedence over the inner estimator's.
-
-        Parameters
-        ----------
-        estimators : list of unfitted estimators
-
-        Returns
-        -------
-        estimators : the same list, seeded in place
-        """
-        if self.random_state is None:
-            return estimators
-        random_state = check_random_state(self.random_state)
-        used = set()
-        for estimator in estimators:
-            seed = int(random_state.randint(np.iinfo(np.int32).max))
-            while seed in used:
-                seed = int(random_state.randint(np.iinfo(np.int32).max))
-            used.add(seed)
-            if "random_state" in estimator.get_params(deep=False):
-                estimator.set_params(random_state=seed)
-        return estimators
-
-    def _template(self):
-        from .einet import EinsumNetworkDensity  # einet imports this module
-
-        return EinsumNetworkDensity() if self.estimator is None else self.estimator
-
-    def _allow_nan(self):
-        return get_tags(self._template()).input_tags.allow_nan
-
-    def _validate(self, X, reset):
-        nan = "allow-nan" if self._allow_nan() else True
-        return validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=nan)

@@ -13,7 +13,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import HasMethods, StrOptions, _fit_context, validate_data
-from .base import DensityWrapperMixin
+from .wrapper import DensityWrapperMixin
 
 
 class EinsumNetworkClassifier(DensityWrapperMixin, ClassifierMixin, BaseEstimator):

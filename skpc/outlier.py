@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import HasMethods, Interval, _fit_context
-from .base import DensityWrapperMixin
+from .wrapper import DensityWrapperMixin
 
 
 class CircuitOutlierDetector(DensityWrapperMixin, OutlierMixin, BaseEstimator):

@@ -1,6 +1,8 @@
 """CUDA against CPU: the same parameters give the same numbers on both
 devices. Skipped without a GPU."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -14,21 +16,23 @@ from conftest import all_states, brute_force_log_marginal, fit_discrete, hand_bu
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 
 
-def _to_cuda(model_cpu, **params):
-    """A CUDA model holding the CPU model's fitted parameters."""
-    X = np.zeros((2, model_cpu.n_features_in_))
-    kw = model_cpu.get_params()
-    kw.update(device="cuda", max_iter=1, tol=None, **params)
-    model = EinsumNetworkDensity(**kw)
-    if model_cpu.leaf in ("categorical", "binomial"):
-        X[0] = model_cpu.n_categories_ - 1 if model_cpu.leaf == "categorical" else model_cpu.n_trials_
-    model.fit(X)  # builds the fitted state on CUDA; parameters replaced below
-    model.region_graph_ = model_cpu.region_graph_
-    model.n_categories_, model.n_trials_ = model_cpu.n_categories_, model_cpu.n_trials_
-    model._circuit_cache = None
+def _to_cuda(model_cpu):
+    """A CUDA copy of a fitted CPU model: the same fitted state, its tensors on the GPU."""
+    model = copy.deepcopy(model_cpu).set_params(device="cuda")
+    model.device_ = torch.device("cuda")
     model.params_ = model_cpu.params_.map(lambda t: t.to("cuda"))
-    assert model.device_.type == "cuda" and model.params_.root.is_cuda
+    model._circuit_cache = model._query_cache = None  # derived state, rebuilt on the GPU
+    assert model.params_.root.is_cuda
     return model
+
+
+def test_cuda_builds_the_same_structure_and_split_as_the_cpu():
+    X = np.random.default_rng(0).normal(size=(300, 8))
+    kw = dict(n_sums=3, n_repetitions=4, max_iter=2, tol=None, max_full_batch_iter=1, random_state=7)
+    cpu = EinsumNetworkDensity(**kw).fit(X)
+    gpu = EinsumNetworkDensity(device="cuda", **kw).fit(X)
+    assert gpu.region_graph_ == cpu.region_graph_
+    assert gpu.device_.type == "cuda" and gpu.params_.root.is_cuda
 
 
 @pytest.mark.parametrize(

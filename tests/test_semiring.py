@@ -445,21 +445,3 @@ def test_mix_and_root_gradients_at_neg_inf_outputs(semiring):
     root_terms = lambda v, w: torch.log(w).unsqueeze(-1) + v  # (K, B), reduced over K
     grads = _check_gradients_at_neg_inf(root, root_terms, [root_values, root_weight], semiring)
     assert (grads[0][:, 3] == 0).all()
-
-
-# --------------------------------------------------------------------------
-# The max-product twins, until circuit.py passes ``semiring``
-
-
-def test_max_product_aliases_equal_the_max_semiring():
-    rng = np.random.default_rng(15)
-    left, right = _children(rng, 3, 3, 4)
-    weight = _simplex(rng, (3, 3, 9), 2)
-    got = layers.log_einsum_max(_t(left), _t(right), _t(weight))
-    _assert_same_log_values(got, naive_einsum(left, right, weight, "max"))
-    values = rng.normal(size=(2, 3, 2, 4))
-    mix_weight = _simplex(rng, (2, 3, 2), 1)
-    _assert_same_log_values(layers.log_mix_max(_t(values), _t(mix_weight)), naive_mix(values, mix_weight, "max"))
-    root_weight = _simplex(rng, (3,), 0)
-    expected_root = naive_matmul(left[None, 0], root_weight[None, None], "max")[0, 0]
-    _assert_same_log_values(layers.log_root_max(_t(left[0]), _t(root_weight)), expected_root)

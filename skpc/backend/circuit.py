@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .layers import log_einsum_exp, log_einsum_exp_halves, log_hadamard_exp, log_mix, log_root
+from .layers import SEMIRINGS, log_einsum_exp, log_einsum_exp_halves, log_hadamard_exp, log_mix, log_root
 
 PARTITION_LAYERS = ("einsum", "cp")
-SEMIRINGS = ("sum", "max")
 
 
 @dataclass(frozen=True)

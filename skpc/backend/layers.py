@@ -481,23 +481,3 @@ def log_root(values, weight, semiring="sum"):
     values (K, B), weight (K,) -> (B,): ``log_matmul_exp`` with one row of weights.
     """
     return log_matmul_exp(values, weight.unsqueeze(0), semiring).squeeze(0)  # (1, K) @ (K, B) -> (B,)
-
-
-# --------------------------------------------------------------------------
-# The max-product twins of the layers above, kept until circuit.py passes
-# ``semiring`` instead
-
-
-def log_einsum_max(left, right, weight):
-    """``log_einsum_exp(left, right, weight, semiring="max")``."""
-    return log_einsum_exp(left, right, weight, semiring="max")
-
-
-def log_mix_max(values, weight):
-    """``log_mix(values, weight, semiring="max")``."""
-    return log_mix(values, weight, semiring="max")
-
-
-def log_root_max(values, weight):
-    """``log_root(values, weight, semiring="max")``."""
-    return log_root(values, weight, semiring="max")
