@@ -1,0 +1,388 @@
+"""The built-in univariate families: Gaussian, Bernoulli, Binomial,
+Categorical and Poisson (the worked example of a plug-in family)."""
+
+import copy
+import math
+
+import numpy as np
+import torch
+
+from .base import (
+    PROB_FLOOR,
+    RATE_FLOOR,
+    ExponentialFamilyLeaf,
+    _as_2d,
+    _check_counts,
+    _columns_text,
+    _data_seeds,
+    _fitted_on,
+    _fix,
+    _is_integer,
+)
+
+
+class GaussianLeaf(ExponentialFamilyLeaf):
+    """Univariate normal; phi = (E[x], E[x^2]), variance kept in [min_var, max_var]."""
+
+    name = "gaussian"
+    n_stats = 2
+
+    def __init__(self, min_var=1e-4, max_var=None):
+        if not min_var > 0:
+            raise ValueError(f"min_var={min_var!r}: Gaussian leaves need a positive variance floor, e.g. 1e-4.")
+        if max_var is not None and not max_var > min_var:
+            raise ValueError(f"max_var={max_var!r} must exceed min_var={min_var!r}; raise max_var or pass None.")
+        self.min_var = float(min_var)
+        self.max_var = None if max_var is None else float(max_var)
+
+    def _variance(self, phi):
+        var = phi[..., 1] - phi[..., 0] ** 2
+        return var.clamp(self.min_var, self.max_var)
+
+    def write_statistics(self, x, obs, out):
+        torch.mul(x, x, out=out[:, 1])  # missing entries are 0
+
+    def natural(self, phi):
+        mu = phi[..., 0]
+        var = self._variance(phi)
+        c = -0.5 * mu * mu / var - 0.5 * torch.log(2 * math.pi * var)
+        return [mu / var, -0.5 / var], c
+
+    def project(self, phi):
+        mu = phi[..., 0]
+        var = self._variance(phi)
+        out = torch.empty_like(phi)  # column writes: a stack along the last axis is several times slower
+        out[..., 0].copy_(mu)
+        out[..., 1].copy_(var + mu * mu)
+        return out
+
+    def sample(self, phi, generator):
+        mu = phi[..., 0]
+        std = self._variance(phi).sqrt()
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + std * noise
+
+    def mode(self, phi):
+        return phi[..., 0]
+
+    def mode_log_density(self, phi):
+        return -0.5 * torch.log(2 * math.pi * self._variance(phi))
+
+    def to_unconstrained(self, phi):
+        mu = phi[..., 0]
+        var = self._variance(phi)
+        if self.max_var is None:
+            # var = min_var + softplus(u)  =>  u = log(expm1(var - min_var))
+            excess = (var - self.min_var).clamp_min(1e-12)
+            u = torch.where(excess > 20, excess, torch.log(torch.expm1(excess)))
+        else:
+            frac = ((var - self.min_var) / (self.max_var - self.min_var)).clamp(1e-6, 1 - 1e-6)
+            u = torch.logit(frac)
+        return torch.stack([mu, u], dim=-1)
+
+    def from_unconstrained(self, u):
+        mu = u[..., 0]
+        if self.max_var is None:
+            var = self.min_var + torch.nn.functional.softplus(u[..., 1])
+        else:
+            var = self.min_var + (self.max_var - self.min_var) * torch.sigmoid(u[..., 1])
+        return torch.stack([mu, var + mu * mu], dim=-1)
+
+    def init_phi(self, x_values, spread, generator):
+        var = spread.clamp(self.min_var, self.max_var).expand_as(x_values)
+        return self.project(torch.stack([x_values, var + x_values**2], dim=-1))
+
+
+class _BinaryLogitLeaf(ExponentialFamilyLeaf):
+    """Shared parts of Bernoulli and Binomial: T(x) = x, theta = logit(p)."""
+
+    n_stats = 1
+    n_trials = 1
+
+    def _p(self, phi):
+        return (phi[..., 0] / self.n_trials).clamp(PROB_FLOOR, 1 - PROB_FLOOR)
+
+    def natural(self, phi):
+        p = self._p(phi)
+        return [torch.logit(p)], self.n_trials * torch.log1p(-p)
+
+    def project(self, phi):
+        return (self._p(phi) * self.n_trials).unsqueeze(-1)
+
+    def mode_log_density(self, phi):
+        p, x = self._p(phi), self.mode(phi)
+        log_p = x * torch.log(p) + (self.n_trials - x) * torch.log1p(-p)
+        return log_p + self.base_measure(x) if self.has_base_measure else log_p
+
+    def to_unconstrained(self, phi):
+        return torch.logit(self._p(phi)).unsqueeze(-1)
+
+    def from_unconstrained(self, u):
+        return (torch.sigmoid(u[..., 0]) * self.n_trials).unsqueeze(-1)
+
+    def init_phi(self, x_values, spread, generator):
+        # Halfway between the sample's value and a random probability in
+        # [0.3, 0.7]: no zero probabilities, and no two densities of a region
+        # start equal. Binary samples alone give only two starting points, and
+        # densities that start equal stay equal under EM (their posteriors
+        # differ by a factor that does not depend on x): wasted capacity.
+        u = torch.rand(x_values.shape, generator=generator, device=generator.device, dtype=torch.float64)
+        p = 0.5 * (x_values / self.n_trials) + 0.5 * (0.3 + 0.4 * u.to(device=x_values.device, dtype=x_values.dtype))
+        return self.project((p * self.n_trials).unsqueeze(-1))
+
+
+class BernoulliLeaf(_BinaryLogitLeaf):
+    """Bernoulli on {0, 1}; phi = p."""
+
+    name = "bernoulli"
+
+    def validate(self, X, columns=None):
+        super().validate(X, columns)
+        X = _as_2d(X)
+        bad = ~np.isnan(X) & (X != 0.0) & (X != 1.0)
+        if bad.any():
+            raise ValueError(
+                f"X contains values outside {{0, 1}} in {_columns_text(columns, bad.any(0))}: Bernoulli leaves "
+                f"need binary data; {_fix(columns, 'categorical', 'gaussian')}."
+            )
+
+    def sample(self, phi, generator):
+        p = self._p(phi)
+        u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+        return (u < p).to(p.dtype)
+
+    def mode(self, phi):
+        return (self._p(phi) > 0.5).to(phi.dtype)
+
+
+class BinomialLeaf(_BinaryLogitLeaf):
+    """Binomial on {0, ..., n_trials}; phi = E[x] = n_trials * p.
+
+    Parameters
+    ----------
+    n_trials : int >= 1 or None
+        None: ``infer`` takes ``max(1, max(X))``.
+    """
+
+    name = "binomial"
+    has_base_measure = True
+    inferred = ("n_trials",)
+
+    def __init__(self, n_trials=None):
+        if n_trials is not None and not (_is_integer(n_trials) and n_trials >= 1):
+            raise ValueError(f"n_trials={n_trials!r}: binomial leaves need an integer n_trials >= 1, or None.")
+        self.n_trials = None if n_trials is None else int(n_trials)
+
+    def validate(self, X, columns=None):
+        super().validate(X, columns)
+        observed, X = _check_counts(_as_2d(X), columns, "binomial")
+        too_big = observed & (X > self.n_trials) if self.n_trials is not None else None
+        if too_big is not None and too_big.any():
+            raise ValueError(
+                f"X contains the value {int(X[too_big].max())} in {_columns_text(columns, too_big.any(0))}, but "
+                f"binomial leaves have n_trials={self.n_trials} (values 0..{self.n_trials}); raise n_trials."
+            )
+
+    def infer(self, X):
+        self.validate(X)
+        if self.n_trials is not None:
+            return _fitted_on(copy.deepcopy(self), X)
+        X = _as_2d(X)
+        observed = X[~np.isnan(X)]
+        return _fitted_on(BinomialLeaf(max(1, int(observed.max()) if observed.size else 1)), X)
+
+    def base_measure(self, x):
+        n = self.n_trials
+        return math.lgamma(n + 1) - torch.lgamma(x + 1) - torch.lgamma(n - x + 1)
+
+    def write_statistics(self, x, obs, out):
+        # log h(0) is 0 only up to rounding: masked explicitly
+        torch.mul(self.base_measure(x), obs, out=out[:, 2])
+
+    def sample(self, phi, generator):
+        p = self._p(phi)
+        u = torch.rand(p.shape + (self.n_trials,), generator=generator, device=p.device, dtype=p.dtype)
+        return (u < p.unsqueeze(-1)).sum(-1).to(p.dtype)
+
+    def mode(self, phi):
+        p = self._p(phi)
+        return torch.floor((self.n_trials + 1) * p).clamp(0, self.n_trials)
+
+
+class CategoricalLeaf(ExponentialFamilyLeaf):
+    """Categorical on {0, ..., n_categories - 1}; phi = the probability vector.
+
+    Evaluated by gathering log-probabilities (cost L*S*B*K) rather than by a
+    one-hot matmul (cost L*S*C*B*K), which matters for 256-state pixels.
+
+    Parameters
+    ----------
+    n_categories : int >= 2 or None
+        C; None: ``infer`` takes ``max(2, max(X) + 1)``.
+    """
+
+    name = "categorical"
+    inferred = ("n_categories",)
+
+    def __init__(self, n_categories=None):
+        if n_categories is not None and not (_is_integer(n_categories) and n_categories >= 2):
+            raise ValueError(
+                f"n_categories={n_categories!r}: categorical leaves need an integer n_categories >= 2, or None."
+            )
+        self.n_categories = None if n_categories is None else int(n_categories)
+
+    @property
+    def n_stats(self):
+        self._check_inferred()
+        return self.n_categories
+
+    @property
+    def n_free(self):
+        # the probabilities sum to one: C - 1 free values
+        return self.n_stats - 1
+
+    def validate(self, X, columns=None):
+        super().validate(X, columns)
+        observed, X = _check_counts(_as_2d(X), columns, "categorical")
+        C = self.n_categories
+        too_big = observed & (X >= C) if C is not None else None
+        if too_big is not None and too_big.any():
+            raise ValueError(
+                f"X contains the value {int(X[too_big].max())} in {_columns_text(columns, too_big.any(0))}, but "
+                f"categorical leaves have n_categories={C} states (0..{C - 1}); raise n_categories."
+            )
+
+    def infer(self, X):
+        self.validate(X)
+        if self.n_categories is not None:
+            return _fitted_on(copy.deepcopy(self), X)
+        X = _as_2d(X)
+        observed = X[~np.isnan(X)]
+        return _fitted_on(CategoricalLeaf(max(2, int(observed.max()) + 1 if observed.size else 2)), X)
+
+    def project(self, phi):
+        phi = phi.clamp_min(PROB_FLOOR)
+        return phi / phi.sum(-1, keepdim=True)
+
+    def prepare(self, X, scope):
+        """(x (L, S, B) long with missing entries set to 0, obs (L, S, B))."""
+        B = X.shape[0]
+        padded = torch.cat([X, X.new_full((B, 1), float("nan"))], 1)  # column D: the padding variable
+        x = padded.t()[scope]  # (D+1, B)[scope] -> (L, S, B)
+        missing = torch.isnan(x)
+        return x.masked_fill(missing, 0).long(), (~missing).to(X.dtype)
+
+    def region_log_prob(self, data, phi):
+        x, obs = data
+        L, S, B = x.shape
+        K = phi.shape[2]
+        log_p = torch.log(self.project(phi))  # (L, S, K, C)
+        ll = torch.gather(log_p, 3, x.unsqueeze(2).expand(L, S, K, B))  # (L, S, K, B)
+        return (ll * obs.unsqueeze(2)).sum(1)  # (L, K, B)
+
+    def expected_statistics(self, data, grad):
+        x, obs = data
+        L, S, B = x.shape
+        K = grad.shape[1]
+        counts = torch.bmm(obs, grad.transpose(1, 2))  # (L, S, B) @ (L, B, K) -> (L, S, K)
+        # weighted one-hot counts: state x[l, s, b] accumulates obs * grad[l, k, b]
+        weighted = obs.unsqueeze(2) * grad.unsqueeze(1)  # (L, S, K, B)
+        stats = torch.zeros(L, S, K, self.n_categories, dtype=grad.dtype, device=grad.device)
+        stats.scatter_add_(3, x.unsqueeze(2).expand(L, S, K, B), weighted)
+        return stats, counts
+
+    def sample(self, phi, generator):
+        p = self.project(phi)
+        u = torch.rand(p.shape[:-1] + (1,), generator=generator, device=p.device, dtype=p.dtype)
+        cdf = p.cumsum(-1)
+        return (cdf < u * cdf[..., -1:]).sum(-1).clamp_max(self.n_categories - 1).to(p.dtype)
+
+    def mode(self, phi):
+        return phi.argmax(-1).to(phi.dtype)
+
+    def mode_log_density(self, phi):
+        return torch.log(self.project(phi).amax(-1))
+
+    def observed(self, data):
+        return data[1]
+
+    def to_unconstrained(self, phi):
+        return torch.log(self.project(phi))
+
+    def from_unconstrained(self, u):
+        return torch.softmax(u, dim=-1)
+
+    def init_phi(self, x_values, spread, generator):
+        # a missing value was replaced by its feature's mean: the nearest state
+        onehot = torch.nn.functional.one_hot(x_values.round().long(), self.n_categories).to(x_values.dtype)
+        noise = torch.rand(onehot.shape, generator=generator, device=generator.device, dtype=torch.float64)
+        noise = noise.to(x_values)
+        return self.project(0.5 * onehot + 0.5 * noise / noise.sum(-1, keepdim=True))
+
+
+class PoissonLeaf(ExponentialFamilyLeaf):
+    """Poisson on the counts {0, 1, 2, ...}; phi = E[x] = the rate lambda.
+
+    T(x) = x, theta = log(lambda), c = -lambda and log h(x) = -log(x!), so
+    ``log p(x) = x log(lambda) - lambda - lgamma(x + 1)``. Rates are kept
+    >= ``RATE_FLOOR``. The worked example of a plug-in family: it defines
+    exactly what the module docstring lists, and inherits the forward pass,
+    the E-step and the M-step (phi = the posterior-weighted mean count).
+    """
+
+    name = "poisson"
+    n_stats = 1
+    has_base_measure = True
+
+    def _rate(self, phi):
+        return phi[..., 0].clamp_min(RATE_FLOOR)
+
+    def validate(self, X, columns=None):
+        super().validate(X, columns)
+        _check_counts(_as_2d(X), columns, "Poisson")
+
+    def base_measure(self, x):
+        return -torch.lgamma(x + 1)
+
+    def write_statistics(self, x, obs, out):
+        # -lgamma(1) is 0 at the fill value, but mask explicitly as Binomial does
+        torch.mul(self.base_measure(x), obs, out=out[:, 2])
+
+    def natural(self, phi):
+        rate = self._rate(phi)
+        return [torch.log(rate)], -rate
+
+    def project(self, phi):
+        return self._rate(phi).unsqueeze(-1)
+
+    def sample(self, phi, generator):
+        return torch.poisson(self._rate(phi), generator=generator)
+
+    def mode(self, phi):
+        # p(x) / p(x - 1) = lambda / x: the pmf rises while x < lambda, so
+        # floor(lambda) is a mode; at an integer lambda, lambda - 1 ties with it
+        return torch.floor(self._rate(phi))
+
+    def mode_log_density(self, phi):
+        rate = self._rate(phi)
+        x = torch.floor(rate)
+        return x * torch.log(rate) - rate - torch.lgamma(x + 1)
+
+    def to_unconstrained(self, phi):
+        return torch.log(self._rate(phi)).unsqueeze(-1)
+
+    def from_unconstrained(self, u):
+        return torch.exp(u)
+
+    def init_from_data(self, X, scope, n_sums, generator):
+        """As the base class, with the column mean as the centre ``init_phi`` pulls toward."""
+        seeds = _data_seeds(X, scope, n_sums, generator, self.fill_value())
+        return self.init_phi(seeds.values, seeds.mean, generator)
+
+    def init_phi(self, x_values, spread, generator):
+        """Rates halfway between each sampled count and ``spread`` (L, S, 1),
+        a typical rate of the feature: the column mean from ``init_from_data``
+        (a Poisson variable's variance equals its mean, so the variance the
+        base class passes estimates it too). A sampled 0 thus starts at a
+        positive rate, and no rate starts below ``RATE_FLOOR``."""
+        return self.project((0.5 * (x_values + spread)).unsqueeze(-1))

@@ -1,0 +1,147 @@
+"""The registry of built-in families and the resolver of an estimator's
+``leaf`` parameter."""
+
+import copy
+
+import numpy as np
+
+from .base import ExponentialFamilyLeaf, _columns_text, _init_arguments, _is_integer
+from .families import BernoulliLeaf, BinomialLeaf, CategoricalLeaf, GaussianLeaf, PoissonLeaf
+from .mixed import MixedLeaf
+
+
+LEAF_FAMILIES = {
+    "gaussian": GaussianLeaf,
+    "bernoulli": BernoulliLeaf,
+    "categorical": CategoricalLeaf,
+    "binomial": BinomialLeaf,
+    "poisson": PoissonLeaf,
+}
+
+
+def _named_family(name, options):
+    """The family registered as ``name``, given the options its ``__init__`` takes."""
+    if not isinstance(name, str) or name not in LEAF_FAMILIES:
+        valid = ", ".join(repr(n) for n in LEAF_FAMILIES)
+        raise ValueError(
+            f"leaf={name!r} is not a leaf family; use one of {valid}, an ExponentialFamilyLeaf instance, "
+            "a dict {family: [columns]} or a list with one family per column."
+        )
+    cls = LEAF_FAMILIES[name]
+    return cls(**{key: options[key] for key in _init_arguments(cls) if key in options})
+
+
+def _family_entry(entry, options, where):
+    """A dict key or list entry: a family name or a single-family instance."""
+    if isinstance(entry, MixedLeaf):
+        raise ValueError(f"{where} is a MixedLeaf; give a single family per column (MixedLeaf cannot be nested).")
+    if isinstance(entry, ExponentialFamilyLeaf):
+        return copy.deepcopy(entry)
+    if isinstance(entry, str):
+        return _named_family(entry, options)
+    raise ValueError(
+        f"{where} is {entry!r}; give a family name ({', '.join(map(repr, LEAF_FAMILIES))}) "
+        "or an ExponentialFamilyLeaf."
+    )
+
+
+def resolve_leaf(spec, n_features, *, min_var=1e-4, max_var=None, n_categories=None, n_trials=None):
+    """The (unfitted) leaf object for an estimator's ``leaf`` parameter.
+
+    Parameters
+    ----------
+    spec : str, ExponentialFamilyLeaf, dict or list
+        - a family name of ``LEAF_FAMILIES``: configured by the keywords;
+        - a leaf instance: a copy is returned, the keywords are ignored;
+        - a dict ``{family: columns}``, family a name or an instance,
+          columns a list of column indices (an int for one column), e.g.
+          ``{"gaussian": [0, 3], "categorical": [1, 2]}``: every column in
+          exactly one entry;
+        - a list or tuple with one family (name or instance) per column.
+        Names in dicts and lists are configured by the keywords too, and
+        equal entries share their hyper-parameters (see ``MixedLeaf``).
+        When dict or list give every column the same family the result is
+        that family alone: the same model as a ``MixedLeaf`` of one family,
+        without its per-family passes.
+    n_features : int
+        Columns of X (the length of a list, the range of a dict's indices).
+    min_var, max_var : float, float or None
+        Gaussian variance bounds.
+    n_categories, n_trials : int or None
+        Categorical states and binomial trials; None leaves them to
+        ``infer``.
+
+    Returns
+    -------
+    ExponentialFamilyLeaf
+    """
+    options = dict(min_var=min_var, max_var=max_var, n_categories=n_categories, n_trials=n_trials)
+    if isinstance(spec, MixedLeaf):
+        if spec.n_features != n_features:
+            raise ValueError(
+                f"The MixedLeaf gives families for {spec.n_features} columns but X has {n_features} features; "
+                "give one family per feature of X."
+            )
+        return MixedLeaf([copy.deepcopy(family) for family in spec.families])
+    if isinstance(spec, ExponentialFamilyLeaf):
+        return copy.deepcopy(spec)
+    if isinstance(spec, str):
+        return _named_family(spec, options)
+    if isinstance(spec, dict):
+        per_column = _columns_of_dict(spec, n_features, options)
+    elif isinstance(spec, (list, tuple)):
+        if len(spec) != n_features:
+            raise ValueError(
+                f"The leaf list has {len(spec)} entries but X has {n_features} features; give one family per column."
+            )
+        per_column = [_family_entry(entry, options, f"The leaf of column {j}") for j, entry in enumerate(spec)]
+    else:
+        raise ValueError(
+            f"leaf={spec!r} is not understood; give a family name, an ExponentialFamilyLeaf instance, "
+            "a dict {family: [columns]} or a list with one family per column."
+        )
+    if all(family == per_column[0] for family in per_column):
+        return per_column[0]
+    return MixedLeaf(per_column)
+
+
+def _columns_of_dict(spec, n_features, options):
+    """[family per column] from a {family: columns} spec, every column exactly once."""
+    per_column = [None] * n_features
+    owner = {}
+    for key, cols in spec.items():
+        family = _family_entry(key, options, f"The leaf dict key {key!r}")
+        cols = [cols] if _is_integer(cols) else cols
+        try:
+            cols = list(cols)
+        except TypeError:
+            raise ValueError(f"The columns of {key!r} are {cols!r}; give a list of column indices.") from None
+        for col in cols:
+            if not _is_integer(col):
+                raise ValueError(f"The columns of {key!r} hold {col!r}; column indices must be integers.")
+            if not 0 <= col < n_features:
+                raise ValueError(
+                    f"Column {col} of {key!r} is out of range: X has {n_features} features "
+                    f"(columns 0..{n_features - 1})."
+                )
+            if col in owner:
+                raise ValueError(
+                    f"Column {col} is listed twice (under {owner[col]!r} and {key!r}); give every column one family."
+                )
+            owner[col] = key
+            per_column[int(col)] = family
+    missing = [j for j, family in enumerate(per_column) if family is None]
+    if missing:
+        flagged = np.zeros(n_features, dtype=bool)
+        flagged[missing] = True
+        verb = "has" if len(missing) == 1 else "have"
+        raise ValueError(
+            f"{_columns_text(None, flagged).capitalize()} of X {verb} no leaf family; give every column one "
+            "(add them to an entry of the leaf dict)."
+        )
+    return per_column
+
+
+def make_leaf(name, *, min_var=1e-4, max_var=None, n_categories=None, n_trials=None):
+    """Build the leaf family object registered as ``name`` (see ``resolve_leaf`` for specs of several families)."""
+    return _named_family(name, dict(min_var=min_var, max_var=max_var, n_categories=n_categories, n_trials=n_trials))
