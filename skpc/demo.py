@@ -41,7 +41,7 @@ MAX_INTENSITY = 16  # digits pixels take the integer values 0..16
 #   -93.2; pd_delta=(4, 1): categorical -96.1 (15 epochs), binomial -90.2
 #   (20 epochs) and -89.3 (30 epochs). Binomial leaves on the (4, 1) graph win
 #   and train 20 epochs in about 30 s on one CPU thread.
-_DEFAULT_SETTINGS = dict(leaf="binomial", pd_delta=(4, 1), n_sums=10, max_iter=25, max_full_batch_iter=10)
+_DEFAULT_SETTINGS = dict(leaf="binomial", pd_delta=(4, 1), n_sums=10, max_iter=30, max_full_batch_iter=20, tol=0.01)
 # Tiny settings for tests and smoke runs: under a second of fitting, same
 # code path (about 2.34 bits/dim on the test set).
 _QUICK_SETTINGS = dict(leaf="binomial", pd_delta=(4, 2, 1), n_sums=4, max_iter=3, max_full_batch_iter=1, tol=None)

@@ -200,3 +200,59 @@ def test_poisson_rates_stay_positive_and_unconstrained_round_trips():
     np.testing.assert_allclose(leaf.from_unconstrained(u).numpy(), projected.numpy(), rtol=1e-12)
     thetas, c = leaf.natural(phi)  # finite even at rate 0: the floor
     assert torch.isfinite(thetas[0]).all() and torch.isfinite(c).all()
+
+
+# ------------------------------------------------------- modes, unconstrained maps
+
+
+@pytest.mark.parametrize("n_trials", [1, 2, 7, 16, 255])
+def test_binomial_and_bernoulli_modes_are_the_argmax_of_the_pmf(n_trials):
+    """Including probabilities where (n + 1) p is an integer (two modes: either is a maximum)."""
+    leaf = make_leaf("binomial", n_trials=n_trials) if n_trials > 1 else make_leaf("bernoulli")
+    p = np.concatenate([np.linspace(0.01, 0.99, 37), np.arange(1, n_trials + 1) / (n_trials + 1)])
+    phi = torch.tensor(p * n_trials, dtype=torch.float64).unsqueeze(-1)  # (N, 1): E[x] = n p
+    mode = leaf.mode(phi).numpy()
+    support = np.arange(n_trials + 1)
+    pmf = stats.binom.logpmf(support[None, :], n_trials, p[:, None])  # (N, n + 1)
+    best = pmf.max(1)
+    got = stats.binom.logpmf(mode, n_trials, p)
+    np.testing.assert_allclose(got, best, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(leaf.mode_log_density(phi).numpy(), best, rtol=1e-9, atol=1e-9)
+
+
+def test_categorical_and_gaussian_modes():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=20)
+    leaf = make_leaf("categorical", n_categories=5)
+    phi = torch.tensor(probs)
+    np.testing.assert_array_equal(leaf.mode(phi).numpy(), probs.argmax(1))
+    np.testing.assert_allclose(leaf.mode_log_density(phi).numpy(), np.log(probs.max(1)), rtol=1e-9)
+    gauss = make_leaf("gaussian", min_var=0.01)
+    mu, var = rng.normal(size=20), rng.uniform(0.05, 3.0, size=20)
+    phi = torch.tensor(np.stack([mu, var + mu**2], -1))
+    np.testing.assert_allclose(gauss.mode(phi).numpy(), mu)
+    np.testing.assert_allclose(gauss.mode_log_density(phi).numpy(), stats.norm.logpdf(mu, mu, np.sqrt(var)), rtol=1e-9)
+
+
+@pytest.mark.parametrize("max_var", [None, 5.0])
+def test_gaussian_unconstrained_map_round_trips_and_respects_the_bounds(max_var):
+    """from_unconstrained(to_unconstrained(phi)) == project(phi), and every real
+    u maps to a variance inside [min_var, max_var] (what Adam relies on)."""
+    leaf = make_leaf("gaussian", min_var=0.1, max_var=max_var)
+    rng = np.random.default_rng(1)
+    mu = rng.normal(scale=3, size=200)
+    var = rng.uniform(0.0, 8.0, size=200)
+    phi = torch.tensor(np.stack([mu, var + mu**2], -1))
+    back = leaf.from_unconstrained(leaf.to_unconstrained(phi))
+    torch.testing.assert_close(back, leaf.project(phi), rtol=1e-6, atol=1e-6)
+    u = torch.tensor(rng.normal(scale=10, size=(500, 2)))
+    phi_u = leaf.from_unconstrained(u)
+    var_u = phi_u[:, 1] - phi_u[:, 0] ** 2
+    torch.testing.assert_close(phi_u[:, 0], u[:, 0])  # the mean is the first coordinate itself
+    assert (var_u >= 0.1 - 1e-9).all()
+    if max_var is not None:
+        assert (var_u <= max_var + 1e-9).all()
+    # the variance increases with the second coordinate (a monotone map, not a constant)
+    grid = torch.stack([torch.zeros(50, dtype=torch.float64), torch.linspace(-5, 5, 50, dtype=torch.float64)], -1)
+    var_grid = leaf.from_unconstrained(grid)[:, 1]
+    assert (torch.diff(var_grid) > 0).all()

@@ -82,8 +82,7 @@ plt.show()
 top_half = X_test[:4].copy()
 top_half[:, 32:] = np.nan
 proba = pc_clf.predict_proba(top_half)
-cmap = plt.get_cmap("gray_r").copy()
-cmap.set_bad("tab:orange")  # missing (NaN) pixels
+cmap = plt.get_cmap("gray_r").with_extremes(bad="tab:orange")  # missing (NaN) pixels
 fig, axes = plt.subplots(2, 4, figsize=(8, 3.6), gridspec_kw={"height_ratios": [1.3, 1]})
 for i in range(4):
     axes[0, i].imshow(top_half[i].reshape(8, 8), cmap=cmap, vmin=0, vmax=16)

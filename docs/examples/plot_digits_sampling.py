@@ -39,9 +39,8 @@ pc = EinsumNetworkDensity(
     leaf="categorical",
     n_categories=17,
     n_sums=10,
-    max_iter=20,
+    max_iter=20,  # at most 20 epochs of stochastic EM, then the default full-batch EM phase
     batch_size=200,
-    tol=None,  # run all 20 epochs
     random_state=0,
 )
 pc.fit(X_train)
@@ -69,8 +68,7 @@ rows = [
     ("inpainted (MPE)", mpe),
     ("unconditional samples", samples),
 ]
-cmap = plt.get_cmap("gray_r").copy()
-cmap.set_bad("tab:orange")  # hidden (NaN) pixels
+cmap = plt.get_cmap("gray_r").with_extremes(bad="tab:orange")  # hidden (NaN) pixels
 fig, axes = plt.subplots(len(rows), 8, figsize=(8, 5.6))
 for (title, images), ax_row in zip(rows, axes):
     for image, ax in zip(images, ax_row):

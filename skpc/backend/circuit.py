@@ -43,12 +43,17 @@ PARTITION_LAYERS = ("einsum", "cp")
 class WeightSpec:
     """One sum-weight tensor of a compiled circuit.
 
-    name : "partition.h", "mixing.h" (h the height) or "root".
-    shape : its shape.
-    norm_dim : the axis along which each distribution sums to one.
-    pad : (M, P) bool tensor, True on the padding of mixing regions with
-        fewer partitions than the widest (those weights are 0), or None
-        where there is no padding.
+    Attributes
+    ----------
+    name : str
+        "partition.h", "mixing.h" (h the height) or "root".
+    shape : tuple of int
+        The tensor's shape.
+    norm_dim : int
+        The axis along which each distribution sums to one.
+    pad : Tensor of shape (M, P), bool, or None
+        True on the padding of mixing regions with fewer partitions than
+        the widest (those weights are 0); None where there is no padding.
     """
 
     name: str
@@ -74,6 +79,8 @@ class WeightSpec:
 class CircuitParams:
     """Parameters of a compiled circuit (all on one device and dtype).
 
+    Parameters
+    ----------
     leaf : Tensor (L0, S, K, T)
         Expectation parameters of the leaf densities.
     weights : dict name -> Tensor
@@ -116,15 +123,17 @@ class CircuitParams:
 class CircuitLayout:
     """Where every region and partition of the region graph lives (numpy data).
 
-    region_height, region_row : (n_regions,)
+    Attributes
+    ----------
+    region_height, region_row : ndarray of shape (n_regions,)
         The store (height) and row holding each region's K values.
-    partition_height, partition_row : (n_partitions,)
+    partition_height, partition_row : ndarray of shape (n_partitions,)
         The partition store and row of each partition.
-    n_single : (H + 1,)
+    n_single : ndarray of shape (H + 1,)
         Rows of partition store h that are also region rows (single-partition regions).
     root : int
         The root region's index in the graph.
-    leaf_scope : (L0, S)
+    leaf_scope : ndarray of shape (L0, S)
         Variables of each leaf region row, padded with ``n_variables``.
     """
 
@@ -145,10 +154,15 @@ class CircuitLayout:
 class ForwardPass:
     """What ``CompiledCircuit.forward`` computed.
 
-    output : (B,) log p of each row, or (B, K) the log-values of the K sums
-        of the top region for a multi-output circuit.
-    regions : dict region -> (B, K) values of the regions asked for.
-    trace : every store and every layer's gathered inputs (for backtracking), or None.
+    Attributes
+    ----------
+    output : Tensor of shape (B,) or (B, K)
+        log p of each row, or the log-values of the K sums of the top
+        region for a multi-output circuit.
+    regions : dict
+        Region index -> (B, K) values of the regions asked for.
+    trace : tuple or None
+        Every store and every layer's gathered inputs (for backtracking).
     """
 
     output: torch.Tensor

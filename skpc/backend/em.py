@@ -87,7 +87,7 @@ def e_step(circuit, X, params, objective=log_likelihood, index=None):
 def _em_update(counts, old, dim, learning_rate, mask=None):
     """One stochastic-EM update of the distributions along ``dim``.
 
-    (1 - lr) * old + lr * counts / sum(counts), floored at WEIGHT_FLOOR
+    (1 - learning_rate) * old + learning_rate * counts / sum(counts), floored at WEIGHT_FLOOR
     and renormalized; a distribution without any count keeps ``old``; entries
     where ``mask`` is 0 (mixing padding) stay 0. Computed in place in
     ``counts``, which is consumed: at K=40 these tensors hold 10^7 entries,

@@ -44,23 +44,31 @@ from .gradient import constrain, detach_params, unconstrain
 
 # Step-size halvings on plateaus before the stochastic phase ends.
 MAX_STEP_DECAYS = 5
-# Default step sizes: stochastic EM, Adam.
-DEFAULT_EM_STEP = 0.5
-DEFAULT_ADAM_STEP = 0.01
+# Default learning rates (step sizes): stochastic EM, Adam.
+DEFAULT_EM_LEARNING_RATE = 0.5
+DEFAULT_ADAM_LEARNING_RATE = 0.01
 
 
 @dataclass
 class Schedule:
     """What the trainer runs (see the module docstring).
 
+    Attributes
+    ----------
     optimizer : {"em", "adam"}
-    max_iter : epochs of the stochastic (or full-batch) phase at most
-    batch_size : rows per mini-batch, or None for full-batch EM
-    learning_rate : initial EM step size in (0, 1] or Adam step; None for the default
-    tol : an improvement of the score by at most this much is none; None:
-        no plateau rule (every phase runs its full number of epochs)
-    n_iter_no_change : epochs without improvement that make a plateau
-    max_full_batch_iter : epochs of the full-batch phase at most (0: none)
+    max_iter : int
+        Epochs of the stochastic (or full-batch) phase at most.
+    batch_size : int or None
+        Rows per mini-batch, or None for full-batch EM.
+    learning_rate : float or None
+        Initial EM step size in (0, 1] or Adam step; None for the default.
+    tol : float or None
+        An improvement of the score by at most this much is none; None: no
+        plateau rule (every phase runs its full number of epochs).
+    n_iter_no_change : int
+        Epochs without improvement that make a plateau.
+    max_full_batch_iter : int
+        Epochs of the full-batch phase at most (0: none).
     """
 
     optimizer: str = "em"
@@ -74,9 +82,23 @@ class Schedule:
 
 @dataclass
 class EpochRecord:
-    """One epoch: its number, phase ("stochastic EM", "full-batch EM", "Adam"),
-    mean training objective during the epoch, validation score (or None),
-    whether it improved the best score, step size, seconds since the start."""
+    """One epoch of training.
+
+    Attributes
+    ----------
+    epoch : int
+    phase : {"stochastic EM", "full-batch EM", "Adam"}
+    train : float
+        Mean training objective during the epoch.
+    valid : float or None
+        Validation score after the epoch.
+    improved : bool
+        Whether it improved the best score by more than ``tol``.
+    learning_rate : float
+        The step size of the epoch.
+    seconds : float
+        Since the start of training.
+    """
 
     epoch: int
     phase: str
@@ -89,9 +111,20 @@ class EpochRecord:
 
 @dataclass
 class TrainingResult:
-    """params: the trained (best) parameters; n_iter: epochs run; converged:
-    whether the last phase ended by its plateau rule rather than its epoch
-    limit; best_score: its score; history: the EpochRecords."""
+    """What ``Trainer.fit`` returns.
+
+    Attributes
+    ----------
+    params : CircuitParams
+        The trained (best) parameters.
+    n_iter : int
+        Epochs run.
+    converged : bool
+        Whether the last phase ended by its plateau rule rather than its epoch limit.
+    best_score : float
+        The score of ``params``.
+    history : list of EpochRecord
+    """
 
     params: object
     n_iter: int
@@ -238,11 +271,11 @@ class Trainer:
         stochastic = s.batch_size is not None and s.batch_size < X.shape[0]
         run = _Run(self, X, X_valid, generator, params)
         if s.optimizer == "adam":
-            step = s.learning_rate if s.learning_rate is not None else DEFAULT_ADAM_STEP
-            run.phase("Adam", step, s.max_iter, decays=MAX_STEP_DECAYS)
+            learning_rate = s.learning_rate if s.learning_rate is not None else DEFAULT_ADAM_LEARNING_RATE
+            run.phase("Adam", learning_rate, s.max_iter, decays=MAX_STEP_DECAYS)
         elif stochastic:
-            step = s.learning_rate if s.learning_rate is not None else DEFAULT_EM_STEP
-            run.phase("stochastic EM", step, s.max_iter, decays=MAX_STEP_DECAYS)
+            learning_rate = s.learning_rate if s.learning_rate is not None else DEFAULT_EM_LEARNING_RATE
+            run.phase("stochastic EM", learning_rate, s.max_iter, decays=MAX_STEP_DECAYS)
             if s.max_full_batch_iter > 0:
                 if X_valid is None:
                     # training scores of the two phases are not comparable: epoch
@@ -251,8 +284,8 @@ class Trainer:
                 run.params = run.state.best_params
                 run.phase("full-batch EM", 1.0, s.max_full_batch_iter, decays=0)
         else:
-            step = s.learning_rate if s.learning_rate is not None else 1.0
-            run.phase("full-batch EM", step, s.max_iter, decays=0)
+            learning_rate = s.learning_rate if s.learning_rate is not None else 1.0
+            run.phase("full-batch EM", learning_rate, s.max_iter, decays=0)
         if X_valid is None and run.last_phase == "full-batch EM":
             # EM never lowers the training log-likelihood: its last update is its best
             best = run.params
@@ -277,27 +310,27 @@ class _Run:
         self.last_phase = None
         self.start = time.perf_counter()
 
-    def _epoch(self, phase, step, adam_state):
+    def _epoch(self, phase, learning_rate, adam_state):
         """One epoch: (new parameters, mean training objective, the parameters that figure scores)."""
         t, X, epoch = self.trainer, self.X, len(self.history) + 1
         if phase == "Adam":
             new, mean = t._adam_epoch(X, adam_state, self.generator, epoch)
             return new, mean, new
         if phase == "stochastic EM":
-            new, mean = t._stochastic_em_epoch(X, self.params, step, self.generator, epoch)
+            new, mean = t._stochastic_em_epoch(X, self.params, learning_rate, self.generator, epoch)
             return new, mean, new  # the epoch mean is a proxy for the end-of-epoch parameters
-        new, mean = t._full_batch_em_epoch(X, self.params, step)
+        new, mean = t._full_batch_em_epoch(X, self.params, learning_rate)
         return new, mean, self.params  # the E-step scores the parameters before the update
 
-    def phase(self, phase, step, max_epochs, decays):
-        """Run epochs until a plateau (after at most ``decays`` step halvings) or ``max_epochs``."""
+    def phase(self, phase, learning_rate, max_epochs, decays):
+        """Run epochs until a plateau (after at most ``decays`` halvings of the learning rate) or ``max_epochs``."""
         t = self.trainer
         tol, patience = t.schedule.tol, t.schedule.n_iter_no_change
         self.last_phase, self.converged = phase, False
         self.state.waited = 0
-        adam_state = t._adam_state(self.params, step) if phase == "Adam" else None
+        adam_state = t._adam_state(self.params, learning_rate) if phase == "Adam" else None
         for _ in range(max_epochs):
-            new, train_mean, scored = self._epoch(phase, step, adam_state)
+            new, train_mean, scored = self._epoch(phase, learning_rate, adam_state)
             if self.X_valid is not None:
                 valid = t.score(self.X_valid, new)
                 improved = self.state.offer(valid, new, tol)
@@ -306,7 +339,7 @@ class _Run:
                 improved = self.state.offer(train_mean, scored, tol)
             self.params = new
             record = EpochRecord(
-                len(self.history) + 1, phase, train_mean, valid, improved, step, time.perf_counter() - self.start
+                len(self.history) + 1, phase, train_mean, valid, improved, learning_rate, time.perf_counter() - self.start
             )
             self.history.append(record)
             if t.on_epoch is not None:
@@ -314,11 +347,11 @@ class _Run:
             if self.state.waited >= patience:
                 if decays > 0:
                     decays -= 1
-                    step *= 0.5
+                    learning_rate *= 0.5
                     self.state.waited = 0
                     self.params = self.state.best_params
                     if adam_state is not None:
-                        adam_state = t._adam_state(self.params, step)
+                        adam_state = t._adam_state(self.params, learning_rate)
                     continue
                 self.converged = True
                 return

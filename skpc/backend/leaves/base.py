@@ -299,24 +299,27 @@ class ExponentialFamilyLeaf:
         return self.n_stats + 1 + int(self.has_base_measure)
 
     # ---------------------------------------------------------------- M-step
-    def m_step(self, phi, stats, counts, step_size):
-        """phi after one (stochastic) EM update with step size in (0, 1].
+    def m_step(self, phi, stats, counts, learning_rate):
+        """phi after one (stochastic) EM update with step size ``learning_rate`` in (0, 1].
 
         Parameters
         ----------
-        phi : (L, S, K, T) tensor, the current parameters
-        stats : (L, S, K, T) tensor, ``sum_b obs * p(leaf | x_b) * T(x_b)``
-        counts : (L, S, K) tensor, ``sum_b obs * p(leaf | x_b)``
-        step_size : float
+        phi : (L, S, K, T) tensor
+            The current parameters.
+        stats : (L, S, K, T) tensor
+            ``sum_b obs * p(leaf | x_b) * T(x_b)``.
+        counts : (L, S, K) tensor
+            ``sum_b obs * p(leaf | x_b)``.
+        learning_rate : float
 
         Returns
         -------
-        (L, S, K, T) tensor: ``project(lerp(phi, project(stats / counts),
-        step_size))``, where a density without any count (<= 1e-12) keeps
-        its old value.
+        (L, S, K, T) tensor
+            ``project(lerp(phi, project(stats / counts), learning_rate))``;
+            a density without any count (<= 1e-12) keeps its old value.
         """
         estimate, seen = self._maximize(stats, counts)
-        return self.project(torch.lerp(phi, torch.where(seen, estimate, phi), step_size))
+        return self.project(torch.lerp(phi, torch.where(seen, estimate, phi), learning_rate))
 
     def _maximize(self, stats, counts):
         """The maximum-likelihood estimate ``stats / counts`` (projected), and

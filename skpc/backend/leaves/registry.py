@@ -58,6 +58,7 @@ def resolve_leaf(spec, n_features, *, min_var=1e-4, max_var=None, n_categories=N
           ``{"gaussian": [0, 3], "categorical": [1, 2]}``: every column in
           exactly one entry;
         - a list or tuple with one family (name or instance) per column.
+
         Names in dicts and lists are configured by the keywords too, and
         equal entries share their hyper-parameters (see ``MixedLeaf``).
         When dict or list give every column the same family the result is
