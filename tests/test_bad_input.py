@@ -213,14 +213,29 @@ def test_nan_rows_fit_fine():
     assert np.isfinite(gauss.score_samples(np.nan_to_num(G))).all()
 
 
-def test_all_nan_data_is_rejected_or_fits_finitely():
-    """A data set without a single observed value: categorical leaves infer
-    their states from nothing; whatever happens, no NaN parameters."""
+@pytest.mark.parametrize("leaf", ["bernoulli", "gaussian", "categorical"])
+def test_all_nan_data_is_rejected_with_the_reason(leaf):
+    """A data set without a single observed value is refused, not "fitted"."""
     X = np.full((20, 4), np.nan)
-    try:
-        model = EinsumNetworkDensity(leaf="bernoulli", max_iter=2, tol=None, random_state=0).fit(X)
-    except ValueError as exc:  # acceptable, if it says why
-        assert "NaN" in str(exc) or "missing" in str(exc)
-    else:
-        for t in (model.params_.leaf, *model.params_.tensors()):
-            assert torch.isfinite(t).all()
+    with pytest.raises(ValueError, match="no observed entry"):
+        EinsumNetworkDensity(leaf=leaf, max_iter=2, tol=None, random_state=0).fit(X)
+
+
+def test_em_learning_rate_above_one_is_rejected():
+    X = np.random.default_rng(0).normal(size=(50, 4))
+    with pytest.raises(ValueError, match=r"learning_rate=1.5 is not a valid EM step size.*\(0, 1\]"):
+        EinsumNetworkDensity(learning_rate=1.5, max_iter=1).fit(X)
+    # a gradient step may be larger than 1
+    EinsumNetworkDensity(optimizer="adam", learning_rate=1.5, max_iter=1, tol=None, random_state=0).fit(X)
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", "cuda:x", "mps"])
+def test_unknown_device_is_a_clear_value_error(device):
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    with pytest.raises(ValueError, match=f"device={device!r} is not supported"):
+        EinsumNetworkDensity(device=device, max_iter=1).fit(X)
+
+
+def test_depth_on_one_feature_says_one_feature():
+    with pytest.raises(ValueError, match=r"1 feature\(s\)"):
+        EinsumNetworkDensity(depth=1, max_iter=1).fit(np.ones((10, 1)))

@@ -358,3 +358,29 @@ def test_gaussian_mpe_equals_naive_max_product_descent():
     naive = NaiveCircuit(model._circuit, model.params_)
     expected = np.array([naive.mpe_completion(row) for row in rows])
     np.testing.assert_allclose(model.impute(rows, method="mpe"), expected, rtol=1e-12)
+
+
+def test_sampling_runs_in_memory_bounded_chunks(monkeypatch):
+    """sample() backtracks at most ``sampling_chunk_size()`` rows at a time
+    (a 161k-parameter model once took 660 MB more to sample 5000 rows than
+    to fit), and the chunk size follows the circuit's size."""
+    from skpc.backend import CompiledCircuit
+
+    X = np.random.default_rng(0).normal(size=(300, 64))
+    model = EinsumNetworkDensity(n_sums=10, n_repetitions=10, depth=4, max_iter=1, max_full_batch_iter=0,
+                                 tol=None, random_state=0).fit(X)
+    chunk = model._circuit.sampling_chunk_size()
+    sizes = []
+    original = CompiledCircuit.complete
+
+    def recording(self, X, *args, **kwargs):
+        sizes.append(X.shape[0])
+        return original(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(CompiledCircuit, "complete", recording)
+    samples = model.sample(3 * chunk + 5, random_state=0)
+    assert samples.shape == (3 * chunk + 5, 64) and np.isfinite(samples).all()
+    assert sizes == [chunk, chunk, chunk, 5]
+    small = EinsumNetworkDensity(n_sums=2, n_repetitions=1, depth=1, max_iter=1, tol=None,
+                                 random_state=0).fit(X[:, :4])
+    assert small._circuit.sampling_chunk_size() > chunk  # a smaller circuit takes more rows per pass
