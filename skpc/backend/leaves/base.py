@@ -485,3 +485,29 @@ def _nanvar(X):
 
 
 # -------------------------------------------------------------- registry
+
+
+def _check_bounded_counts(X, columns, family, name, bound, largest):
+    """Counts (integers >= 0) no larger than ``largest``, which the
+    hyper-parameter ``name`` = ``bound`` allows (None: not set yet)."""
+    observed, X = _check_counts(_as_2d(X), columns, family)
+    if bound is None:
+        return
+    too_big = observed & (X > largest)
+    if too_big.any():
+        raise ValueError(
+            f"X contains the value {int(X[too_big].max())} in {_columns_text(columns, too_big.any(0))}, but "
+            f"{family} leaves have {name}={bound} (values 0..{largest}); raise {name}."
+        )
+
+
+def _infer_bound(leaf, X, name, from_largest):
+    """A fitted copy of ``leaf`` whose hyper-parameter ``name``, when None, is
+    ``from_largest(the largest observed value)`` (0 when nothing is observed)."""
+    leaf.validate(X)
+    if getattr(leaf, name) is not None:
+        return _fitted_on(copy.deepcopy(leaf), X)
+    X = _as_2d(X)
+    observed = X[~np.isnan(X)]
+    largest = int(observed.max()) if observed.size else 0
+    return _fitted_on(type(leaf)(**{name: from_largest(largest)}), X)

@@ -1,7 +1,6 @@
 """The built-in univariate families: Gaussian, Bernoulli, Binomial,
 Categorical and Poisson (the worked example of a plug-in family)."""
 
-import copy
 import math
 
 import numpy as np
@@ -12,11 +11,12 @@ from .base import (
     RATE_FLOOR,
     ExponentialFamilyLeaf,
     _as_2d,
+    _check_bounded_counts,
     _check_counts,
     _columns_text,
     _data_seeds,
-    _fitted_on,
     _fix,
+    _infer_bound,
     _is_integer,
 )
 
@@ -175,21 +175,12 @@ class BinomialLeaf(_BinaryLogitLeaf):
 
     def validate(self, X, columns=None):
         super().validate(X, columns)
-        observed, X = _check_counts(_as_2d(X), columns, "binomial")
-        too_big = observed & (X > self.n_trials) if self.n_trials is not None else None
-        if too_big is not None and too_big.any():
-            raise ValueError(
-                f"X contains the value {int(X[too_big].max())} in {_columns_text(columns, too_big.any(0))}, but "
-                f"binomial leaves have n_trials={self.n_trials} (values 0..{self.n_trials}); raise n_trials."
-            )
+        largest = self.n_trials
+        _check_bounded_counts(X, columns, "binomial", "n_trials", self.n_trials, largest)
 
     def infer(self, X):
-        self.validate(X)
-        if self.n_trials is not None:
-            return _fitted_on(copy.deepcopy(self), X)
-        X = _as_2d(X)
-        observed = X[~np.isnan(X)]
-        return _fitted_on(BinomialLeaf(max(1, int(observed.max()) if observed.size else 1)), X)
+        # n_trials: the largest count seen (at least 1)
+        return _infer_bound(self, X, "n_trials", lambda largest: max(1, largest))
 
     def base_measure(self, x):
         n = self.n_trials
@@ -243,22 +234,12 @@ class CategoricalLeaf(ExponentialFamilyLeaf):
 
     def validate(self, X, columns=None):
         super().validate(X, columns)
-        observed, X = _check_counts(_as_2d(X), columns, "categorical")
-        C = self.n_categories
-        too_big = observed & (X >= C) if C is not None else None
-        if too_big is not None and too_big.any():
-            raise ValueError(
-                f"X contains the value {int(X[too_big].max())} in {_columns_text(columns, too_big.any(0))}, but "
-                f"categorical leaves have n_categories={C} states (0..{C - 1}); raise n_categories."
-            )
+        largest = None if self.n_categories is None else self.n_categories - 1
+        _check_bounded_counts(X, columns, "categorical", "n_categories", self.n_categories, largest)
 
     def infer(self, X):
-        self.validate(X)
-        if self.n_categories is not None:
-            return _fitted_on(copy.deepcopy(self), X)
-        X = _as_2d(X)
-        observed = X[~np.isnan(X)]
-        return _fitted_on(CategoricalLeaf(max(2, int(observed.max()) + 1 if observed.size else 2)), X)
+        # n_categories: one more than the largest state seen (at least 2)
+        return _infer_bound(self, X, "n_categories", lambda largest: max(2, largest + 1))
 
     def project(self, phi):
         phi = phi.clamp_min(PROB_FLOOR)
