@@ -1,7 +1,15 @@
 """Region graphs (numpy only): the structures that circuits are built on."""
 
+from .chow_liu import chow_liu_tree, hclt_region_graph, mutual_information
 from .poon_domingos import poon_domingos
 from .random_binary_tree import random_binary_trees
 from .region_graph import RegionGraph
 
-__all__ = ["RegionGraph", "poon_domingos", "random_binary_trees"]
+__all__ = [
+    "RegionGraph",
+    "chow_liu_tree",
+    "hclt_region_graph",
+    "mutual_information",
+    "poon_domingos",
+    "random_binary_trees",
+]
