@@ -24,7 +24,7 @@ from .base import (
     torch_generator,
     warn_not_converged,
 )
-from .structure import RegionGraph, poon_domingos, random_binary_trees
+from .structure import RegionGraph, chow_liu_tree, hclt_region_graph, poon_domingos, random_binary_trees
 
 
 class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
@@ -40,10 +40,13 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
 
     Parameters
     ----------
-    structure : {"rat", "pd"} or RegionGraph, default="rat"
+    structure : {"rat", "pd", "hclt"} or RegionGraph, default="rat"
         "rat": random binary trees (RAT-SPN) of ``depth`` and
-        ``n_repetitions``; "pd": Poon-Domingos over ``image_shape``; or a
-        region graph over exactly ``n_features`` variables (copied at fit).
+        ``n_repetitions``; "pd": Poon-Domingos over ``image_shape``;
+        "hclt": a hidden Chow-Liu tree learned from the training rows (the
+        maximum spanning tree of pairwise mutual information; a region per
+        subtree; best with ``layer="cp"``); or a region graph over exactly
+        ``n_features`` variables (copied at fit).
     depth : int or None, default=None
         Split depth D of the random binary trees; None picks
         ``min(4, floor(log2(n_features)))``.
@@ -163,7 +166,7 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "structure": [StrOptions({"rat", "pd"}), RegionGraph],
+        "structure": [StrOptions({"rat", "pd", "hclt"}), RegionGraph],
         "depth": [Interval(Integral, 0, None, closed="left"), None],
         "n_repetitions": [Interval(Integral, 1, None, closed="left")],
         "n_sums": [Interval(Integral, 1, None, closed="left")],
@@ -272,7 +275,9 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
             )
         return True
 
-    def _build_graph(self, n_features, random_state):
+    def _build_graph(self, X, leaf, random_state):
+        """The region graph for the training rows X (n_samples, n_features)."""
+        n_features = X.shape[1]
         if isinstance(self.structure, RegionGraph):
             graph = self.structure
             if graph.n_variables != n_features:
@@ -287,6 +292,10 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
             if delta is None:
                 delta = max(1, min(shape[0], shape[1]) // 4)
             return poon_domingos(shape, delta, vertical_only=self.pd_vertical_only)
+        if self.structure == "hclt":
+            families = getattr(leaf, "families", [leaf] * n_features)  # one per column
+            kinds = ["discrete" if family.discrete else "gaussian" for family in families]
+            return hclt_region_graph(*chow_liu_tree(X, kind=kinds))
         depth = self.depth
         if depth is None:
             depth = min(4, int(math.floor(math.log2(n_features)))) if n_features > 1 else 0
@@ -435,7 +444,7 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
         if continuing:
             graph, n_sums, layer = self.region_graph_, self.n_sums_, self.layer_
         else:
-            graph = self._build_graph(n_features, random_state=structure_seed)
+            graph = self._build_graph(X[train_rows], leaf, random_state=structure_seed)
             n_sums, layer = self.n_sums, self.layer
         circuit = CompiledCircuit(graph, n_sums, leaf, device, layer=layer)
         X_train = torch.tensor(X[train_rows], dtype=dtype, device=device)  # a copy: X may be read-only

@@ -7,7 +7,8 @@ A user family is a subclass of ``ExponentialFamilyLeaf`` passed as an
 instance (alone, or as a dict key / list entry for some columns).
 ``PoissonLeaf`` (``families.py``) is the worked example. It must define:
 
-- ``name`` (str), ``n_stats`` (T) and ``has_base_measure``;
+- ``name`` (str), ``n_stats`` (T), ``has_base_measure``, and ``discrete``
+  (False for a family of real values);
 - ``__init__`` storing each argument under its own name, as scikit-learn
   estimators do: ``get_config``, ``==``, ``repr``, pickling and the
   registry's keyword routing read them from there;
@@ -61,6 +62,9 @@ class ExponentialFamilyLeaf:
     name = "base"
     n_stats = 1
     has_base_measure = False
+    # discrete (counts, states) or continuous values: how structure learners
+    # (skpc.structure.mutual_information) treat the family's columns
+    discrete = True
     # hyper-parameters that may be left None for ``infer`` to fill from data
     inferred = ()
     # columns of the X ``infer`` saw (None before): the padding index D of

@@ -26,6 +26,7 @@ class GaussianLeaf(ExponentialFamilyLeaf):
 
     name = "gaussian"
     n_stats = 2
+    discrete = False
 
     def __init__(self, min_var=1e-4, max_var=None):
         if not min_var > 0:
