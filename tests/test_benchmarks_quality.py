@@ -33,7 +33,8 @@ def test_density_script_prints_one_json_line_per_dataset():
     assert -16 * 0.6932 < r["test_ll"] < -5.5
     assert r["depth"] in (1, 2) and r["n_sums"] in (2, 4) and r["configs_tried"] >= 1
     # the screening epochs, then the estimator's schedule bounded by max_iter and max_full_batch_iter
-    assert 1 <= r["stochastic_epochs"] <= r["max_iter"] <= 2 and 0 <= r["full_batch_epochs"] <= r["max_full_batch_iter"] <= 2
+    assert 1 <= r["stochastic_epochs"] <= r["max_iter"] <= 2
+    assert 0 <= r["full_batch_epochs"] <= r["max_full_batch_iter"] <= 2
     assert r["epochs"] == r["screen_epochs"] + r["stochastic_epochs"] + r["full_batch_epochs"]
     assert r["best_phase"] in ("stochastic EM", "full-batch EM") and r["best_epoch"] >= 1
 

@@ -10,13 +10,18 @@ final training log-likelihood pass that ``fit`` makes after the last epoch.
 
 Procedure: ``fit(max_iter=1)`` (warm-up, initializes), then
 ``fit(max_iter=n + 1, warm_start=True)``; the n differences between its n + 1
-epoch lines are the timed epochs. On a GPU a CUDA event is also recorded at
-each epoch line, and the epochs are the elapsed times between those events
-(the wall-clock differences are kept as ``epoch_wall_times_s``).
+epoch lines are the timed epochs. Both fits run the stochastic phase alone
+at a fixed step (``early_stopping=False``: no validation split and no
+validation scoring; ``max_full_batch_iter=0``: no full-batch phase;
+``tol=None``: no plateau rule), the epoch loop the peers are timed on. On a
+GPU a CUDA event is also recorded at each epoch line, and the epochs are the
+elapsed times between those events (the wall-clock differences are kept as
+``epoch_wall_times_s``).
 """
 
 import contextlib
 import io
+import re
 import time
 
 import numpy as np
@@ -26,6 +31,11 @@ from _harness import make_data, measure_matmul, median_or_nan, n_epochs_within, 
 
 import skpc
 from skpc import EinsumNetworkDensity
+
+
+# "[EinsumNetworkDensity] epoch 3 stochastic EM (step 0.5)  train -12.3456  4.1s"; not the
+# per-batch lines "[EinsumNetworkDensity] epoch 3 batch 2/20 train -12.3" of verbose=2
+EPOCH_LINE = re.compile(r"\] epoch \d+ (?!batch )\S.*\(step [^)]+\)  train ")
 
 
 class _StampedLines(io.TextIOBase):
@@ -40,7 +50,7 @@ class _StampedLines(io.TextIOBase):
 
     def write(self, text):
         now, cpu = time.perf_counter(), time.process_time()
-        if "] epoch " in text and "batch" not in text:
+        if EPOCH_LINE.search(text):
             self.stamps.append(now)
             self.cpu_stamps.append(cpu)
             if self.cuda:
@@ -94,6 +104,8 @@ def body(config, record):
         optimizer=config["method"],
         learning_rate=0.5 if config["method"] == "em" else 0.01,
         tol=None,
+        early_stopping=False,
+        max_full_batch_iter=0,
         max_iter=1,
         random_state=config["structure_seed"],
         device=device,
@@ -112,6 +124,11 @@ def body(config, record):
         torch.cuda.reset_peak_memory_stats()
     with contextlib.redirect_stdout(stream):
         est.fit(X)
+    if len(stream.stamps) != n + 1 or est.n_iter_ != n + 2:
+        raise RuntimeError(
+            f"expected {n + 1} epoch lines and n_iter_={n + 2}, got {len(stream.stamps)} and {est.n_iter_}: "
+            "the progress format or the schedule changed"
+        )
     epochs = np.diff(stream.stamps).tolist()
     if cuda:
         torch.cuda.synchronize()
