@@ -614,8 +614,9 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
         out = []
         with torch.no_grad():
             # in chunks: backtracking keeps every store of the circuit for its rows
-            for start in range(0, X.shape[0], circuit.sampling_chunk_size()):
-                rows = X[start : start + circuit.sampling_chunk_size()]
+            step = circuit.sampling_chunk_size()
+            for start in range(0, X.shape[0], step):
+                rows = X[start : start + step]
                 Xt = torch.tensor(rows, dtype=dtype, device=self.device_)
                 out.append(circuit.complete(Xt, params, generator, method).cpu().double().numpy())
         result = np.concatenate(out)
@@ -651,8 +652,4 @@ def _check_no_inf(X):
 
 def _score_in_batches(circuit, params, Xt):
     """log p of every row of Xt (N, D), a memory-bounded chunk at a time: (N,) float64 numpy."""
-    out = []
-    with torch.no_grad():
-        for start in range(0, Xt.shape[0], circuit.chunk_size()):
-            out.append(circuit.log_prob(Xt[start : start + circuit.chunk_size()], params))
-    return torch.cat(out).cpu().double().numpy()
+    return circuit.log_prob_in_chunks(Xt, params).cpu().double().numpy()

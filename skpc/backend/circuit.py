@@ -420,7 +420,7 @@ class CompiledCircuit:
             weights[spec.name] = (w / w.sum(spec.norm_dim, keepdim=True)).to(dtype)
         return CircuitParams(leaf, weights)
 
-    def n_parameters(self, params=None):
+    def n_parameters(self):
         """Free parameters: sum weights minus their normalization, plus the leaves'."""
         total = sum(spec.n_free() for spec in self.weight_specs)
         return int(total + self.n_sums * self.leaf.n_free_parameters(self.leaf_scope, self.n_variables))
@@ -537,8 +537,15 @@ class CompiledCircuit:
     def log_prob(self, X, params, evidence=None):
         """The circuit's output per row of X (B, D) (NaN entries marginalized):
         log p(x) (B,), or (B, K) for a multi-output circuit."""
-        leaf_values = self.leaf.region_log_prob(self.leaf_inputs(X), params.leaf)
+        leaf_values = self.leaf_values(self.leaf_inputs(X), params)
         return self.forward(leaf_values, params, evidence=evidence).output
+
+    def log_prob_in_chunks(self, X, params):
+        """``log_prob`` of every row of X (N, D) without gradients, ``chunk_size()``
+        rows per pass so that memory stays bounded: (N,) or (N, K)."""
+        step = self.chunk_size()
+        with torch.no_grad():
+            return torch.cat([self.log_prob(X[start : start + step], params) for start in range(0, X.shape[0], step)])
 
     # ------------------------------------------------------------ backward
     def backtrack(self, leaf_values, params, generator, method, evidence=None, start=None):

@@ -72,7 +72,7 @@ def e_step(circuit, X, params, objective=log_likelihood, index=None):
     """
     data = circuit.leaf_inputs(X)
     with torch.no_grad():
-        leaf_values = circuit.leaf.region_log_prob(data, params.leaf)  # (L0, K, B)
+        leaf_values = circuit.leaf_values(data, params)  # (L0, K, B)
     leaf_values.requires_grad_(True)
     weights = [w.detach().requires_grad_(True) for w in params.tensors()]
     output = circuit.forward(leaf_values, params.with_weights(weights)).output

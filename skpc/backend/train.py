@@ -203,10 +203,8 @@ class Trainer:
     def score(self, X, params, objective=None):
         """Mean objective over the rows of X (reduced across processes)."""
         objective = objective if objective is not None else self.valid_objective
-        total = 0.0
-        with torch.no_grad():
-            for idx in batches(X.shape[0], self.circuit.chunk_size(), device=X.device):
-                total += float(objective(self.circuit.log_prob(X[idx], params), idx).sum())
+        output = self.circuit.log_prob_in_chunks(X, params)
+        total = float(objective(output, torch.arange(X.shape[0], device=X.device)).sum())
         return _Totals(self.reduce, X.device).mean(total, X.shape[0])
 
     # -------------------------------------------------------------- epochs
