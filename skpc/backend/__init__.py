@@ -1,7 +1,7 @@
 """The torch backend: the only package of skpc that imports torch."""
 
 from .circuit import CircuitLayout, CircuitParams, CompiledCircuit, ForwardPass, WeightSpec
-from .em import ExpectedStatistics, SelectedOutput, e_step, log_likelihood, m_step
+from .em import ExpectedStatistics, LatentEvidence, SelectedOutput, e_step, log_likelihood, m_step
 from .layers import log_einsum_exp, log_hadamard_exp, log_matmul_exp, log_mix, log_root
 from .leaves import (
     LEAF_FAMILIES,
@@ -30,6 +30,7 @@ __all__ = [
     "ExponentialFamilyLeaf",
     "ForwardPass",
     "GaussianLeaf",
+    "LatentEvidence",
     "MixedLeaf",
     "PoissonLeaf",
     "Schedule",

@@ -540,12 +540,18 @@ class CompiledCircuit:
         leaf_values = self.leaf_values(self.leaf_inputs(X), params)
         return self.forward(leaf_values, params, evidence=evidence).output
 
-    def log_prob_in_chunks(self, X, params):
+    def log_prob_in_chunks(self, X, params, evidence=None):
         """``log_prob`` of every row of X (N, D) without gradients, ``chunk_size()``
-        rows per pass so that memory stays bounded: (N,) or (N, K)."""
+        rows per pass so that memory stays bounded: (N,) or (N, K).
+        ``evidence``: None or a callable row indices -> {region: (B, K) mask}."""
         step = self.chunk_size()
+        out = []
         with torch.no_grad():
-            return torch.cat([self.log_prob(X[start : start + step], params) for start in range(0, X.shape[0], step)])
+            for start in range(0, X.shape[0], step):
+                index = torch.arange(start, min(start + step, X.shape[0]), device=X.device)
+                masks = evidence(index) if evidence is not None else None
+                out.append(self.log_prob(X[index], params, evidence=masks))
+        return torch.cat(out)
 
     # ------------------------------------------------------------ backward
     def backtrack(self, leaf_values, params, generator, method, evidence=None, start=None):

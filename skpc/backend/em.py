@@ -64,18 +64,56 @@ class SelectedOutput:
         return output.gather(1, self.targets[index].unsqueeze(1)).squeeze(1)  # (B, C) -> (B,)
 
 
-def e_step(circuit, X, params, objective=log_likelihood, index=None):
+class LatentEvidence:
+    """Evidence "materialized latent Z_i = codes[n, i]" on internal regions.
+
+    The K components of region ``regions[i]`` play a categorical latent
+    variable Z_i (LVD: the top region of group i's sub-circuit); observing
+    Z_i = c keeps only component c of that region for the row. Called with
+    a batch's row indices it gives ``CompiledCircuit.forward``'s evidence.
+
+    Parameters
+    ----------
+    regions : sequence of int, length m
+        The region of each latent variable.
+    codes : LongTensor (N, m)
+        Every row's value of each latent, in 0..K-1; -1: not observed (every
+        component allowed).
+    n_sums : int
+        K, the components of each region.
+    """
+
+    def __init__(self, regions, codes, n_sums):
+        if codes.dim() != 2 or codes.shape[1] != len(regions):
+            raise ValueError(f"codes must have shape (n_rows, {len(regions)}); got {tuple(codes.shape)}.")
+        self.regions = list(regions)
+        self.codes = codes
+        self.n_sums = n_sums
+
+    def __call__(self, index):
+        codes = self.codes[index]  # (B, m)
+        states = torch.arange(self.n_sums, device=codes.device)
+        # (B, m, K): component c allowed where it is the code, or where no code is observed
+        allowed = (codes.unsqueeze(2) == states) | (codes.unsqueeze(2) < 0)
+        return {region: allowed[:, i] for i, region in enumerate(self.regions)}
+
+
+def e_step(circuit, X, params, objective=log_likelihood, index=None, evidence=None):
     """Posterior statistics of a batch X (B, D) (NaN = missing).
 
     ``index`` (B,) are the batch's rows in the data set (for objectives with
-    per-row targets). Returns (objective per row (B,) detached, ExpectedStatistics).
+    per-row targets, and for ``evidence``, a callable index -> {region:
+    (B, K) bool mask}, e.g. :class:`LatentEvidence`: EM then maximizes the
+    joint likelihood of X and the observed latents). Returns (objective per
+    row (B,) detached, ExpectedStatistics).
     """
     data = circuit.leaf_inputs(X)
     with torch.no_grad():
         leaf_values = circuit.leaf_values(data, params)  # (L0, K, B)
     leaf_values.requires_grad_(True)
     weights = [w.detach().requires_grad_(True) for w in params.tensors()]
-    output = circuit.forward(leaf_values, params.with_weights(weights)).output
+    masks = evidence(index) if evidence is not None else None
+    output = circuit.forward(leaf_values, params.with_weights(weights), evidence=masks).output
     value = objective(output, index)
     grads = torch.autograd.grad(value.sum(), [leaf_values, *weights])
     leaf_stats, leaf_counts = circuit.leaf.expected_statistics(data, grads[0])

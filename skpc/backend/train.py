@@ -179,6 +179,10 @@ class Trainer:
     valid_objective : callable, default ``objective``; for the validation rows
     reduce : callable(list of tensors), default none (one process)
     on_epoch, on_batch : callbacks for progress (EpochRecord; epoch, batch, n_batches, mean)
+    evidence, valid_evidence : callable row indices -> {region: (B, K) bool}, optional
+        Evidence on internal regions for the training rows and for the
+        validation rows (e.g. ``em.LatentEvidence``: materialized latents,
+        LVD's training on the joint likelihood of X and Z).
     """
 
     def __init__(
@@ -190,6 +194,8 @@ class Trainer:
         reduce=None,
         on_epoch=None,
         on_batch=None,
+        evidence=None,
+        valid_evidence=None,
     ):
         self.circuit = circuit
         self.schedule = schedule
@@ -198,12 +204,16 @@ class Trainer:
         self.reduce = reduce if reduce is not None else _no_reduce
         self.on_epoch = on_epoch
         self.on_batch = on_batch
+        self.evidence = evidence
+        self.valid_evidence = valid_evidence
 
     # ------------------------------------------------------------- scoring
-    def score(self, X, params, objective=None):
-        """Mean objective over the rows of X (reduced across processes)."""
+    def score(self, X, params, objective=None, evidence=None):
+        """Mean objective over the rows of X (reduced across processes); the
+        validation objective and evidence unless others are given."""
         objective = objective if objective is not None else self.valid_objective
-        output = self.circuit.log_prob_in_chunks(X, params)
+        evidence = evidence if evidence is not None else self.valid_evidence
+        output = self.circuit.log_prob_in_chunks(X, params, evidence)
         total = float(objective(output, torch.arange(X.shape[0], device=X.device)).sum())
         return _Totals(self.reduce, X.device).mean(total, X.shape[0])
 
@@ -211,7 +221,7 @@ class Trainer:
     def _full_batch_em_epoch(self, X, params, learning_rate):
         stats, total = None, 0.0
         for idx in batches(X.shape[0], self.circuit.chunk_size(), device=X.device):
-            value, batch_stats = e_step(self.circuit, X[idx], params, self.objective, idx)
+            value, batch_stats = e_step(self.circuit, X[idx], params, self.objective, idx, self.evidence)
             total += float(value.sum())
             if stats is None:
                 stats = batch_stats
@@ -226,7 +236,7 @@ class Trainer:
         parts = batches(X.shape[0], self.schedule.batch_size, generator, X.device)
         total = 0.0
         for i, idx in enumerate(parts):
-            value, stats = e_step(self.circuit, X[idx], params, self.objective, idx)
+            value, stats = e_step(self.circuit, X[idx], params, self.objective, idx, self.evidence)
             batch_total = float(value.sum())
             _check_finite(batch_total)
             total += batch_total
@@ -242,7 +252,9 @@ class Trainer:
         total = 0.0
         for i, idx in enumerate(parts):
             optimizer.zero_grad()
-            value = self.objective(self.circuit.log_prob(X[idx], constrain(self.circuit, params_like, tensors)), idx)
+            masks = self.evidence(idx) if self.evidence is not None else None
+            output = self.circuit.log_prob(X[idx], constrain(self.circuit, params_like, tensors), masks)
+            value = self.objective(output, idx)
             batch_total = float(value.detach().sum())
             _check_finite(batch_total)
             rows = torch.tensor([float(len(idx))], dtype=torch.float64, device=X.device)
