@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_array
 
 from ._compat import Interval, StrOptions, _fit_context, validate_data
 from .backend.circuit import PARTITION_LAYERS, CompiledCircuit
@@ -18,16 +18,16 @@ from .base import (
     ProgressPrinter,
     TorchStateMixin,
     draw_seed,
-    make_generator,
     resolve_device,
     resolve_dtype,
     torch_generator,
     warn_not_converged,
 )
+from .queries import CircuitQueriesMixin, check_no_inf, score_in_batches
 from .structure import RegionGraph, chow_liu_tree, hclt_region_graph, poon_domingos, random_binary_trees
 
 
-class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
+class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, BaseEstimator):
     """Einsum Network density estimator (Peharz et al., ICML 2020).
 
     A smooth, decomposable probabilistic circuit laid out as a region graph
@@ -361,33 +361,9 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
                 f"X_val has {X_val.shape[1]} features, but X has {self.n_features_in_}; pass validation rows "
                 "with the same features."
             )
-        _check_no_inf(X_val)
+        check_no_inf(X_val)
         leaf.validate(X_val)
         return X_val
-
-    @property
-    def _circuit(self):
-        """The compiled circuit; rebuilt after unpickling (it is derived state)."""
-        cache = getattr(self, "_circuit_cache", None)
-        if cache is None:
-            cache = CompiledCircuit(self.region_graph_, self.n_sums_, self.leaf_, self.device_, layer=self.layer_)
-            self._circuit_cache = cache
-        return cache
-
-    def _query_params(self):
-        """The fitted parameters in float64, for exact, batch-independent queries (cached)."""
-        cache = getattr(self, "_query_cache", None)
-        if cache is None or cache[0] is not self.params_:
-            cache = (self.params_, self.params_.map(lambda t: t.to(torch.float64)))
-            self._query_cache = cache
-        return cache[1]
-
-    def _validate_fitted(self, X):
-        check_is_fitted(self, "params_")
-        X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite=False)
-        _check_no_inf(X)
-        self.leaf_.validate(X)
-        return X
 
     # ----------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=True)
@@ -413,7 +389,7 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
         continuing = self._continuing()
         X = validate_data(self, X, reset=not continuing, dtype=np.float64, ensure_all_finite=False)
         n_samples, n_features = X.shape
-        _check_no_inf(X)
+        check_no_inf(X)
         if np.isnan(X).all():
             raise ValueError("X has no observed entry (every value is NaN); a circuit cannot be fitted to no data.")
         schedule = self._schedule()
@@ -463,7 +439,7 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
         except FloatingPointError as error:
             raise ValueError(str(error)) from None
         query_params = result.params.map(lambda t: t.to(torch.float64))
-        lower_bound = float(np.mean(_score_in_batches(circuit, query_params, torch.tensor(X, dtype=torch.float64, device=device))))
+        lower_bound = float(np.mean(score_in_batches(circuit, query_params, torch.tensor(X, dtype=torch.float64, device=device))))
         if not math.isfinite(lower_bound):
             raise ValueError(
                 "Training ended with a non-finite log-likelihood; lower learning_rate, raise min_var, "
@@ -495,135 +471,6 @@ class EinsumNetworkDensity(TorchStateMixin, DensityMixin, BaseEstimator):
         self.n_parameters_ = circuit.n_parameters()
         return self
 
-    # ------------------------------------------------------------- queries
-    def score_samples(self, X):
-        """Log-density of each row of X (n_samples, n_features).
-
-        NaN entries are missing and marginalized out exactly, per row.
-        Computed in float64 whatever ``dtype``.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,), float64
-        """
-        X = self._validate_fitted(X)
-        return _score_in_batches(self._circuit, self._query_params(), self._to_query_tensor(X))
-
-    def _to_query_tensor(self, X):
-        return torch.tensor(X, dtype=torch.float64, device=self.device_)  # a copy: X may be read-only
-
-    def score(self, X, y=None):
-        """Mean log-likelihood of the rows of X (what GridSearchCV maximizes).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            NaN entries are marginalized out.
-        y : Ignored
-
-        Returns
-        -------
-        float
-        """
-        return float(np.mean(self.score_samples(X)))
-
-    def score_conditional(self, X, query):
-        """log p(x_query | the other observed entries), per row.
-
-        Parameters
-        ----------
-        X : array of shape (n_samples, n_features)
-            Query entries must be observed; other NaN entries are
-            marginalized out (neither evidence nor query).
-        query : boolean mask of shape (n_features,) or array of feature indices
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        X = self._validate_fitted(X)
-        mask = np.zeros(self.n_features_in_, dtype=bool)
-        query = np.asarray(query)
-        if query.dtype == bool:
-            if query.shape != (self.n_features_in_,):
-                raise ValueError(
-                    f"A boolean query must have one entry per feature ({self.n_features_in_}); got shape {query.shape}."
-                )
-            mask = query
-        else:
-            if query.size and (query.min() < -self.n_features_in_ or query.max() >= self.n_features_in_):
-                raise ValueError(f"query indices must lie in [0, {self.n_features_in_}); got {query.tolist()}.")
-            mask[query.astype(int)] = True
-        if not mask.any():
-            raise ValueError("query selects no feature; pass a non-empty mask or index list.")
-        if np.isnan(X[:, mask]).any():
-            raise ValueError("X has NaN in query features; a queried value must be observed.")
-        evidence = X.copy()
-        evidence[:, mask] = np.nan
-        circuit, params = self._circuit, self._query_params()
-        joint = _score_in_batches(circuit, params, self._to_query_tensor(X))
-        marginal = _score_in_batches(circuit, params, self._to_query_tensor(evidence))
-        return joint - marginal
-
-    def sample(self, n_samples=1, random_state=None):
-        """Draw samples from the fitted density.
-
-        Parameters
-        ----------
-        n_samples : int, default=1
-        random_state : int, RandomState instance or None
-            None uses the estimator's ``random_state``.
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_features)
-        """
-        check_is_fitted(self, "params_")
-        if int(n_samples) < 1:
-            raise ValueError(f"n_samples must be >= 1; got {n_samples}.")
-        X = np.full((int(n_samples), self.n_features_in_), np.nan)
-        return self._complete(X, random_state, method="sample")
-
-    def impute(self, X, method="sample", random_state=None):
-        """Fill every NaN in X from p(missing | observed).
-
-        Parameters
-        ----------
-        X : array of shape (n_samples, n_features), NaN = missing
-        method : {"sample", "mpe"}
-            "sample" draws the missing entries from their exact conditional
-            distribution; "mpe" takes the approximate most probable
-            completion: that of the best single induced tree, found by a
-            max-product pass (missing entries at their leaves' modes).
-        random_state : int, RandomState instance or None
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_features); observed entries unchanged.
-        """
-        if method not in ("sample", "mpe"):
-            raise ValueError(f"method={method!r} is not supported; use 'sample' or 'mpe'.")
-        X = self._validate_fitted(X)
-        return self._complete(X, random_state, method=method)
-
-    def _complete(self, X, random_state, method):
-        seed = self.random_state if random_state is None else random_state
-        generator = make_generator(seed, self.device_)
-        circuit, params = self._circuit, self.params_
-        dtype = params.leaf.dtype
-        out = []
-        with torch.no_grad():
-            # in chunks: backtracking keeps every store of the circuit for its rows
-            step = circuit.sampling_chunk_size()
-            for start in range(0, X.shape[0], step):
-                rows = X[start : start + step]
-                Xt = torch.tensor(rows, dtype=dtype, device=self.device_)
-                out.append(circuit.complete(Xt, params, generator, method).cpu().double().numpy())
-        result = np.concatenate(out)
-        observed = ~np.isnan(X)
-        result[observed] = X[observed]  # exact evidence, not a float32 round trip
-        return result
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True  # NaN means "marginalize this entry"
@@ -643,13 +490,3 @@ def _same(a, b):
         return bool(np.all(a == b)) if not isinstance(a, (dict, list, tuple)) else a == b
     except (TypeError, ValueError):
         return a is b
-
-
-def _check_no_inf(X):
-    if np.isinf(X).any():
-        raise ValueError("X contains inf; replace it by a finite value, or by NaN to mark it missing.")
-
-
-def _score_in_batches(circuit, params, Xt):
-    """log p of every row of Xt (N, D), a memory-bounded chunk at a time: (N,) float64 numpy."""
-    return circuit.log_prob_in_chunks(Xt, params).cpu().double().numpy()
