@@ -2,6 +2,7 @@
 
 from .classifier import EinsumNetworkClassifier
 from .einet import EinsumNetworkDensity
+from .lvd import LVDDensity
 from .outlier import CircuitOutlierDetector
 from .structure import RegionGraph, poon_domingos, random_binary_trees
 
@@ -11,6 +12,7 @@ __all__ = [
     "CircuitOutlierDetector",
     "EinsumNetworkClassifier",
     "EinsumNetworkDensity",
+    "LVDDensity",
     "RegionGraph",
     "poon_domingos",
     "random_binary_trees",

@@ -58,6 +58,28 @@ def draw_seed(random_state):
     return int(random_state.randint(np.iinfo(np.int32).max))
 
 
+def validation_split(n_samples, early_stopping, validation_fraction, seeds, auto_rows):
+    """(train rows, validation rows or None) of ``n_samples`` training rows.
+
+    ``early_stopping`` "auto" holds out rows from ``auto_rows`` rows on;
+    ``seeds`` is the fit's numpy RandomState (drawn on the host).
+    """
+    enabled = early_stopping
+    if enabled == "auto":
+        enabled = n_samples >= auto_rows
+    if not enabled:
+        return np.arange(n_samples), None
+    n_valid = int(round(validation_fraction * n_samples))
+    if n_valid < 1 or n_valid >= n_samples:
+        raise ValueError(
+            f"early_stopping with validation_fraction={validation_fraction} leaves {n_valid} of "
+            f"{n_samples} rows for validation; use more rows, another validation_fraction, or "
+            "early_stopping=False."
+        )
+    order = seeds.permutation(n_samples)
+    return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+
 class ProgressPrinter:
     """Prints one line per training epoch (verbose >= 1) and per batch (verbose >= 2).
 

@@ -553,6 +553,32 @@ class CompiledCircuit:
                 out.append(self.log_prob(X[index], params, evidence=masks))
         return torch.cat(out)
 
+    def region_posteriors(self, X, params, regions):
+        """Posterior of the components of each of ``regions`` given the rows of X.
+
+        For a region used by exactly one partition above it (any region of a
+        tree-shaped graph; the top regions of LVD's sub-circuits), choosing
+        one of its K components in an induced tree is a categorical latent
+        variable Z, and p(Z = k | x) = d log p(x) / d log v_k, the gradient of
+        the output with respect to the region's log-values (the flow through
+        component k). Single-output circuits; NaN entries marginalized.
+
+        Returns
+        -------
+        Tensor (B, len(regions), K), rows summing to 1 over K
+        """
+        if self.multi_output:
+            raise ValueError("region_posteriors needs a single-output circuit.")
+        locations = [self.layout.region_location(r) for r in regions]
+        heights = sorted({h for h, _ in locations})
+        with torch.enable_grad():
+            leaf_values = self.leaf_values(self.leaf_inputs(X), params).detach().requires_grad_(True)
+            result = self.forward(leaf_values, params, keep_trace=True)
+            stores = result.trace[0]  # stores[h]: (R_h, K, B), on the path to the output
+            grads = torch.autograd.grad(result.output.sum(), [stores[h] for h in heights])
+        by_height = dict(zip(heights, grads))
+        return torch.stack([by_height[h][row].t() for h, row in locations], 1)  # (B, R, K)
+
     # ------------------------------------------------------------ backward
     def backtrack(self, leaf_values, params, generator, method, evidence=None, start=None):
         """Choose, per sample, an induced tree top-down; return the leaf choices.

@@ -1,5 +1,6 @@
 """Region graphs (numpy only): the structures that circuits are built on."""
 
+from .compose import compose_region_graphs
 from .chow_liu import chow_liu_tree, hclt_region_graph, mutual_information
 from .poon_domingos import poon_domingos
 from .random_binary_tree import random_binary_trees
@@ -8,6 +9,7 @@ from .region_graph import RegionGraph
 __all__ = [
     "RegionGraph",
     "chow_liu_tree",
+    "compose_region_graphs",
     "hclt_region_graph",
     "mutual_information",
     "poon_domingos",

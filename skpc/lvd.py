@@ -1,0 +1,552 @@
+"""LVDDensity: latent variable distillation (Liu et al., ICLR 2023) as one circuit."""
+
+import math
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, DensityMixin, TransformerMixin, clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+
+from ._compat import Interval, StrOptions, _fit_context, validate_data
+from .backend.circuit import CompiledCircuit
+from .backend.em import LatentEvidence
+from .backend.leaves import LEAF_FAMILIES, ExponentialFamilyLeaf, resolve_leaf
+from .backend.train import Schedule, Trainer
+from .base import (
+    ProgressPrinter,
+    TorchStateMixin,
+    draw_seed,
+    resolve_device,
+    resolve_dtype,
+    torch_generator,
+    validation_split,
+)
+from .queries import CircuitQueriesMixin, check_no_inf, score_in_batches
+from .structure import RegionGraph, chow_liu_tree, hclt_region_graph, random_binary_trees
+from .structure.compose import compose_region_graphs
+
+# Rows from which early_stopping="auto" holds out a validation split (as EinsumNetworkDensity).
+AUTO_EARLY_STOPPING_ROWS = 20
+# The partition layer of every LVD circuit (see the class docstring).
+LAYER = "einsum"
+
+
+class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, DensityMixin, BaseEstimator):
+    """Latent variable distillation (Liu et al., ICLR 2023): a probabilistic
+    circuit whose group latents are assigned by clustering a deep model's
+    embeddings, then trained on X.
+
+    The features are split into groups X_1..X_m (image patches, or given
+    lists). Every group gets a categorical latent Z_i with ``n_clusters``
+    states, materialized in the circuit: group i's sub-circuit has
+    ``n_clusters`` outputs p(X_i | Z_i = c), and a latent circuit (a hidden
+    Chow-Liu tree over Z_1..Z_m learned from the codes) combines them, so
+    that the circuit is p(X, Z) = p(Z) prod_i p(X_i | Z_i), and its marginal
+    over Z is one ordinary circuit over X. ``fit`` runs the paper's stages:
+
+    1. *Assignment*: a :class:`~skpc.latent.LatentAssigner` embeds every
+       group of every training row (a small masked autoencoder by default)
+       and clusters each group's embeddings with k-means: the codes Z.
+    2. *Distillation*: EM on the joint likelihood of (X, Z), the codes given
+       as evidence on the sub-circuits' top regions. By the paper's Lemma 1
+       this is, in one pass, each sub-circuit output c trained only on the
+       rows assigned c and the latent circuit trained on the codes alone.
+    3. *Fine-tuning*: EM on the likelihood of X itself (Z marginalized),
+       ``finetune_max_iter`` epochs at most (0: none).
+
+    Partitions are einsum (Tucker) layers: each mixes all K x K pairs of its
+    children's states, which is what materialized latents need (a CP layer
+    multiplies the vectors of sibling groups elementwise, so it would only
+    give mass to equal codes of neighbouring groups).
+
+    Every query is then exact and answered by the one compiled circuit, at
+    the speed of an :class:`EinsumNetworkDensity` of the same size.
+
+    With a single group (``groups=[all features]``), ``embedder="pixels"``
+    and ``finetune_max_iter=0`` this is the Einsum Networks paper's recipe
+    for SVHN and CelebA (section 4.2): k-means over whole images, one
+    circuit per cluster trained on its cluster's rows, the cluster
+    proportions as mixture weights (a mixture of circuits is a circuit).
+    There the components are sub-circuits that share their lower regions
+    (one region graph with ``n_clusters`` densities per region) rather than
+    disjoint networks; each output is trained on its own cluster's rows.
+
+    Parameters
+    ----------
+    image_shape : tuple (H, W) or (H, W, C), default=None
+        Image layout of the features (row-major, channels last); with
+        ``patch_size``, groups are the image's patches (all channels).
+    patch_size : int or (int, int), default=None
+    groups : list of lists of int, default=None
+        Explicit groups: disjoint, covering every feature. Give either
+        ``groups`` or ``image_shape`` and ``patch_size``.
+    n_clusters : int, default=16
+        States of each group latent, and the number of densities of every
+        region of the circuit (K).
+    embedder : str, transformer or callable, default="mae"
+        How groups are embedded before k-means (see
+        :class:`~skpc.latent.LatentAssigner`): "mae" (a masked autoencoder
+        trained in ``fit``), "pca", "pixels", a scikit-learn transformer, or
+        a callable / ``torch.nn.Module``.
+    context : {None, "mst"}, default=None
+        "mst": embed each group with its ancestors in a maximum spanning
+        tree of group correlations (the paper's context).
+    assigner : transformer or None, default=None
+        A ready latent assigner (cloned and fitted in ``fit``) in place of
+        the one built from the grouping, ``embedder`` and ``context``
+        parameters (which must then be left at None / their defaults): any
+        transformer whose ``transform`` gives int codes (n_samples, m) in
+        0..n_clusters-1 and that has ``groups_`` after fitting.
+    sub_structure : {"hclt", "rat", "factorized"}, default="hclt"
+        Structure of each group's sub-circuit: a hidden Chow-Liu tree of the
+        group's features learned from the training rows, random binary
+        trees of ``depth`` and ``n_repetitions``, or a product of
+        independent leaves per latent state (a mixture of fully factorized
+        densities per group).
+    latent_structure : {"hclt"}, default="hclt"
+        The latent circuit over the codes: a hidden Chow-Liu tree (the
+        Chow-Liu tree of the codes, one region per subtree).
+    depth : int or None, default=None
+        Split depth of "rat" sub-circuits; None: ``min(3, floor(log2(size)))``
+        per group.
+    n_repetitions : int, default=1
+        Random binary trees per "rat" sub-circuit.
+    leaf, n_categories, n_trials, min_var, max_var
+        The leaf families, as in :class:`~skpc.EinsumNetworkDensity`.
+    max_iter : int, default=100
+        Epochs of the distillation stage (stochastic EM on (X, Z)) at most.
+    finetune_max_iter : int, default=20
+        Epochs of stochastic EM on X at most after distillation (0: none).
+    batch_size : int or None, default=100
+        Mini-batch size of both EM stages; None: full-batch EM.
+    learning_rate, finetune_learning_rate : float or None, default=None
+        Initial EM step sizes in (0, 1] of the two stages (None: 0.5
+        stochastic, 1.0 full batch), halved on plateaus.
+    early_stopping : "auto" or bool, default="auto"
+        Hold out ``validation_fraction`` of the rows and keep each stage's
+        best parameters on them (the joint likelihood of the held-out rows
+        and their codes during distillation, their likelihood during
+        fine-tuning). "auto": from 20 rows on.
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=3
+    tol : float or None, default=1e-4
+    max_full_batch_iter : int, default=50
+        Full-batch EM epochs after each stochastic stage, as in
+        :class:`~skpc.EinsumNetworkDensity`.
+    device : {"cpu", "cuda", "auto"} or "cuda:N", default="cpu"
+    dtype : {"float32", "float64"}, default="float32"
+    random_state : int, RandomState instance or None, default=None
+        Seeds the assigner, the structures, the split, the initialization
+        and the batch order.
+    verbose : int, default=0
+        1 prints a line per stage and per epoch.
+
+    Attributes
+    ----------
+    assigner_ : transformer
+        The fitted latent assigner.
+    groups_ : list of ndarray of int
+        Feature indices of each group.
+    group_regions_ : list of int
+        The region of ``region_graph_`` whose components are each group's
+        latent states.
+    latent_parents_ : ndarray of int, shape (n_groups,)
+        The Chow-Liu tree over the group latents (parent group, -1 at the root).
+    region_graph_, leaf_, n_sums_, layer_, params_, device_, n_features_in_
+        The fitted circuit, as in :class:`~skpc.EinsumNetworkDensity`.
+    distillation_train_scores_, distillation_validation_scores_ : list of float
+        Mean joint log-likelihood of (X, Z) per distillation epoch
+        (validation: None without early stopping).
+    train_scores_, validation_scores_ : list of float
+        Mean log-likelihood of X per fine-tuning epoch (empty without it).
+    stage_times_ : dict
+        Seconds of each stage: "assignment", "structure", "distillation",
+        "finetuning".
+    n_iter_ : int
+        Epochs of both EM stages.
+    converged_ : bool
+        Whether the last EM stage ended by its plateau rule.
+    lower_bound_ : float
+        Mean training log-likelihood of X at the fitted parameters.
+    n_parameters_ : int
+    """
+
+    _parameter_constraints = {
+        "image_shape": [tuple, list, None],
+        "patch_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
+        "groups": [list, tuple, None],
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "embedder": [str, object],
+        "context": [StrOptions({"mst"}), None],
+        "assigner": [object, None],
+        "sub_structure": [StrOptions({"hclt", "rat", "factorized"})],
+        "latent_structure": [StrOptions({"hclt"})],
+        "depth": [Interval(Integral, 0, None, closed="left"), None],
+        "n_repetitions": [Interval(Integral, 1, None, closed="left")],
+        "leaf": [StrOptions(set(LEAF_FAMILIES)), ExponentialFamilyLeaf, dict, list, tuple],
+        "n_categories": [Interval(Integral, 2, None, closed="left"), None],
+        "n_trials": [Interval(Integral, 1, None, closed="left"), None],
+        "min_var": [Interval(Real, 0, None, closed="neither")],
+        "max_var": [Interval(Real, 0, None, closed="neither"), None],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "finetune_max_iter": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "learning_rate": [Interval(Real, 0, 1, closed="right"), None],
+        "finetune_learning_rate": [Interval(Real, 0, 1, closed="right"), None],
+        "early_stopping": [StrOptions({"auto"}), "boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left"), None],
+        "max_full_batch_iter": [Interval(Integral, 0, None, closed="left")],
+        "device": [str],
+        "dtype": [StrOptions({"float32", "float64"})],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    _transient_attributes = ("_circuit_cache", "_query_cache")
+
+    def __init__(
+        self,
+        image_shape=None,
+        patch_size=None,
+        groups=None,
+        n_clusters=16,
+        embedder="mae",
+        context=None,
+        assigner=None,
+        sub_structure="hclt",
+        latent_structure="hclt",
+        depth=None,
+        n_repetitions=1,
+        leaf="gaussian",
+        n_categories=None,
+        n_trials=None,
+        min_var=1e-4,
+        max_var=None,
+        max_iter=100,
+        finetune_max_iter=20,
+        batch_size=100,
+        learning_rate=None,
+        finetune_learning_rate=None,
+        early_stopping="auto",
+        validation_fraction=0.1,
+        n_iter_no_change=3,
+        tol=1e-4,
+        max_full_batch_iter=50,
+        device="cpu",
+        dtype="float32",
+        random_state=None,
+        verbose=0,
+    ):
+        self.image_shape = image_shape
+        self.patch_size = patch_size
+        self.groups = groups
+        self.n_clusters = n_clusters
+        self.embedder = embedder
+        self.context = context
+        self.assigner = assigner
+        self.sub_structure = sub_structure
+        self.latent_structure = latent_structure
+        self.depth = depth
+        self.n_repetitions = n_repetitions
+        self.leaf = leaf
+        self.n_categories = n_categories
+        self.n_trials = n_trials
+        self.min_var = min_var
+        self.max_var = max_var
+        self.max_iter = max_iter
+        self.finetune_max_iter = finetune_max_iter
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.finetune_learning_rate = finetune_learning_rate
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.max_full_batch_iter = max_full_batch_iter
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------- stages
+    def _make_assigner(self, seed, device):
+        """The (unfitted) latent assigner of this fit."""
+        if self.assigner is not None:
+            given = [name for name in ("image_shape", "patch_size", "groups", "context") if getattr(self, name) is not None]
+            if given or not (isinstance(self.embedder, str) and self.embedder == "mae"):
+                raise ValueError(
+                    f"assigner was given together with {given or ['embedder']}; set the grouping and the "
+                    "embedder on the assigner itself, or leave assigner=None."
+                )
+            assigner = clone(self.assigner)
+            params = assigner.get_params()
+            if "n_clusters" in params and params["n_clusters"] != self.n_clusters:
+                raise ValueError(
+                    f"the assigner has n_clusters={params['n_clusters']} but n_clusters={self.n_clusters}; "
+                    "they must agree (the latent states are the clusters)."
+                )
+            if "random_state" in params and params["random_state"] is None:
+                assigner.set_params(random_state=seed)
+            return assigner
+        from .latent import LatentAssigner  # numpy/sklearn side; torch only for the MAE
+
+        return LatentAssigner(
+            image_shape=self.image_shape,
+            patch_size=self.patch_size,
+            groups=self.groups,
+            embedder=self.embedder,
+            context=self.context,
+            n_clusters=self.n_clusters,
+            random_state=seed,
+            device=str(device),
+            verbose=max(0, int(self.verbose) - 1),
+        )
+
+    def _codes(self, assigner, X, n_groups):
+        codes = np.asarray(assigner.transform(X))
+        if codes.shape != (X.shape[0], n_groups) or not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError(
+                f"the assigner's transform must give int codes of shape (n_samples, n_groups) = "
+                f"({X.shape[0]}, {n_groups}); got {codes.dtype} {codes.shape}."
+            )
+        if codes.size and (codes.min() < 0 or codes.max() >= self.n_clusters):
+            raise ValueError(f"the assigner gave codes outside 0..{self.n_clusters - 1} (n_clusters).")
+        return codes
+
+    def _sub_graph(self, X_group, kinds, seed):
+        """Region graph of one group's sub-circuit over its columns X_group (n, size)."""
+        size = X_group.shape[1]
+        if size == 1 or self.sub_structure == "factorized":
+            return RegionGraph(size, [tuple(range(size))], []).validate()
+        if self.sub_structure == "hclt":
+            return hclt_region_graph(*chow_liu_tree(X_group, kind=kinds))
+        max_depth = int(math.floor(math.log2(size)))
+        depth = min(3, max_depth) if self.depth is None else min(self.depth, max_depth)
+        return random_binary_trees(size, depth, self.n_repetitions, random_state=seed)
+
+    def _build_graph(self, X, codes, groups, leaf, seeds):
+        """(composed graph, group regions, latent parents) for the training rows."""
+        n_groups = len(groups)
+        if n_groups == 1:
+            latent, parents = RegionGraph(1, [(0,)], []).validate(), np.array([-1])
+        else:
+            parents, root = chow_liu_tree(codes.astype(np.float64), kind="discrete", n_states=self.n_clusters)
+            latent = hclt_region_graph(parents, root)
+        families = getattr(leaf, "families", [leaf] * X.shape[1])
+        kinds = ["discrete" if family.discrete else "gaussian" for family in families]
+        subs = [self._sub_graph(X[:, g], [kinds[v] for v in g], draw_seed(seeds)) for g in groups]
+        graph, group_regions = compose_region_graphs(latent, subs, groups)
+        return graph, group_regions, np.asarray(parents)
+
+    def _schedule(self, max_iter, learning_rate):
+        return Schedule(
+            optimizer="em",
+            max_iter=max_iter,
+            batch_size=self.batch_size,
+            learning_rate=learning_rate,
+            tol=self.tol,
+            n_iter_no_change=self.n_iter_no_change,
+            max_full_batch_iter=self.max_full_batch_iter,
+        )
+
+    # ----------------------------------------------------------------- fit
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None):
+        """Assign the group latents, distill, fine-tune (see the class docstring).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            NaN entries are missing: marginalized by the circuit (the
+            assigner documents how it embeds them).
+        y : Ignored
+
+        Returns
+        -------
+        self : LVDDensity
+        """
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite=False)
+        n_samples, n_features = X.shape
+        check_no_inf(X)
+        if np.isnan(X).all():
+            raise ValueError("X has no observed entry (every value is NaN); a circuit cannot be fitted to no data.")
+        leaf = resolve_leaf(
+            self.leaf,
+            n_features,
+            min_var=self.min_var,
+            max_var=self.max_var,
+            n_categories=self.n_categories,
+            n_trials=self.n_trials,
+        ).infer(X)
+        device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
+        seeds = check_random_state(self.random_state)
+        assigner_seed, structure_seeds = draw_seed(seeds), np.random.RandomState(draw_seed(seeds))
+        train_rows, valid_rows = validation_split(
+            n_samples, self.early_stopping, self.validation_fraction, seeds, AUTO_EARLY_STOPPING_ROWS
+        )
+        generator = torch_generator(draw_seed(seeds), device)
+        progress = ProgressPrinter(type(self).__name__, self.verbose)
+        X_fit = X[train_rows]
+        X_held = None if valid_rows is None else X[valid_rows]
+        times = {}
+
+        start = time.perf_counter()
+        progress.stage(f"assigning latents: {n_samples} rows, n_clusters={self.n_clusters}")
+        assigner = self._make_assigner(assigner_seed, device).fit(X_fit)
+        groups = [np.asarray(g, dtype=np.int64) for g in getattr(assigner, "groups_", [])]
+        if not groups:
+            raise ValueError("the assigner has no groups_ after fitting; it must say which features each code covers.")
+        codes = self._codes(assigner, X_fit, len(groups))
+        codes_held = None if X_held is None else self._codes(assigner, X_held, len(groups))
+        times["assignment"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        graph, group_regions, parents = self._build_graph(X_fit, codes, groups, leaf, structure_seeds)
+        circuit = CompiledCircuit(graph, self.n_clusters, leaf, device, layer=LAYER)
+        times["structure"] = time.perf_counter() - start
+        progress.stage(
+            f"circuit: {len(groups)} groups, {len(graph.regions)} regions, {circuit.n_parameters()} parameters"
+        )
+
+        X_train = torch.tensor(X_fit, dtype=dtype, device=device)  # a copy: X may be read-only
+        X_valid = None if X_held is None else torch.tensor(X_held, dtype=dtype, device=device)
+        params = circuit.init_params(X_train, generator, dtype)
+
+        def evidence(rows_codes):
+            return LatentEvidence(group_regions, torch.as_tensor(rows_codes, device=device), self.n_clusters)
+
+        start = time.perf_counter()
+        progress.stage("distillation: EM on the joint likelihood of X and the latent codes")
+        schedule = self._schedule(self.max_iter, self.learning_rate)
+        trainer = Trainer(
+            circuit,
+            schedule,
+            on_epoch=progress.epoch,
+            on_batch=progress.batch,
+            evidence=evidence(codes),
+            valid_evidence=None if codes_held is None else evidence(codes_held),
+        )
+        distilled = _train(trainer, params, X_train, generator, X_valid)
+        times["distillation"] = time.perf_counter() - start
+        results = [("max_iter", schedule, distilled)]
+
+        start = time.perf_counter()
+        result = distilled
+        if self.finetune_max_iter > 0:
+            progress.stage("fine-tuning: EM on the likelihood of X")
+            schedule = self._schedule(self.finetune_max_iter, self.finetune_learning_rate)
+            trainer = Trainer(circuit, schedule, on_epoch=progress.epoch, on_batch=progress.batch)
+            result = _train(trainer, distilled.params, X_train, generator, X_valid)
+            results.append(("finetune_max_iter", schedule, result))
+        times["finetuning"] = time.perf_counter() - start
+
+        query_params = result.params.map(lambda t: t.to(torch.float64))
+        all_rows = torch.tensor(X, dtype=torch.float64, device=device)
+        lower_bound = float(np.mean(score_in_batches(circuit, query_params, all_rows)))
+        if not math.isfinite(lower_bound):
+            raise ValueError(
+                "Training ended with a non-finite log-likelihood; lower learning_rate, raise min_var, "
+                "or check X for extreme values."
+            )
+        if self.tol is not None:
+            for limit, schedule, stage in results:
+                if not stage.converged:
+                    _warn_stage(limit, schedule, stage)
+
+        # Only now is fitted state written: a failure above leaves an earlier fit intact.
+        self.assigner_ = assigner
+        self.groups_ = groups
+        self.group_regions_ = list(group_regions)
+        self.latent_parents_ = parents
+        self.region_graph_ = graph
+        self.leaf_ = leaf
+        self.n_sums_ = self.n_clusters
+        self.layer_ = LAYER
+        self.params_ = result.params
+        self.device_ = device
+        self._circuit_cache = circuit
+        self._query_cache = (result.params, query_params)
+        self.distillation_train_scores_ = [r.train for r in distilled.history]
+        self.distillation_validation_scores_ = None if X_valid is None else [r.valid for r in distilled.history]
+        finetuned = results[1][2].history if len(results) > 1 else []
+        self.train_scores_ = [r.train for r in finetuned]
+        self.validation_scores_ = None if X_valid is None else [r.valid for r in finetuned]
+        self.stage_times_ = times
+        self.n_iter_ = sum(len(stage.history) for _, _, stage in results)
+        self.converged_ = result.converged
+        self.lower_bound_ = lower_bound
+        self.n_parameters_ = circuit.n_parameters()
+        self.n_categories_ = getattr(leaf, "n_categories", None)
+        self.n_trials_ = getattr(leaf, "n_trials", None)
+        return self
+
+    # ------------------------------------------------------------- latents
+    def latent_proba(self, X):
+        """p(Z_i = c | x) for every row and group, under the fitted circuit.
+
+        Exact: the flow through component c of group i's top region (one
+        backward pass; NaN entries of X marginalized).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_groups, n_clusters), rows summing to 1
+        """
+        X = self._validate_fitted(X)
+        circuit, params = self._circuit, self._query_params()
+        Xt = self._to_query_tensor(X)
+        step = circuit.chunk_size()
+        out = [
+            circuit.region_posteriors(Xt[i : i + step], params, self.group_regions_).cpu().numpy()
+            for i in range(0, Xt.shape[0], step)
+        ]
+        return np.concatenate(out)
+
+    def transform(self, X):
+        """The most probable state of each group latent: argmax_c p(Z_i = c | x).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), NaN = missing
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_groups), int64
+        """
+        return self.latent_proba(X).argmax(-1).astype(np.int64)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN means "marginalize this entry"
+        return tags
+
+
+def _train(trainer, params, X_train, generator, X_valid):
+    try:
+        return trainer.fit(params, X_train, generator, X_valid=X_valid)
+    except FloatingPointError as error:
+        raise ValueError(str(error)) from None
+
+
+def _warn_stage(limit, schedule, result):
+    """The ConvergenceWarning of a stage that ran out of epochs; ``limit`` names
+    the parameter of its stochastic phase (max_iter or finetune_max_iter)."""
+    last = result.history[-1].phase if result.history else "training"
+    value = schedule.max_iter
+    if last == "full-batch EM" and schedule.batch_size is not None:
+        limit, value = "max_full_batch_iter", schedule.max_full_batch_iter
+    warnings.warn(
+        f"LVDDensity stopped after {limit}={value} epochs of {last} while still improving by more than "
+        f"tol={schedule.tol}; increase {limit}, or raise tol.",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
