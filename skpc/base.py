@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_array
 
 # Bumped whenever the pickled layout of a fitted estimator changes; a pickle
 # of another layout is refused with a clear error instead of misbehaving.
@@ -78,6 +79,27 @@ def validation_split(n_samples, early_stopping, validation_fraction, seeds, auto
         )
     order = seeds.permutation(n_samples)
     return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+
+def check_no_inf(X):
+    """Refuse inf in X (NaN marks a missing entry; inf is a value no leaf models)."""
+    if np.isinf(X).any():
+        raise ValueError("X contains inf; replace it by a finite value, or by NaN to mark it missing.")
+
+
+def check_validation_rows(X_val, n_features, early_stopping, leaf):
+    """``fit``'s X_val: a float64 array (n_val, n_features) the fitted leaf can model."""
+    if early_stopping is False:
+        raise ValueError("X_val was given but early_stopping=False; set early_stopping=True or 'auto' to use it.")
+    X_val = check_array(X_val, dtype=np.float64, ensure_all_finite=False)
+    if X_val.shape[1] != n_features:
+        raise ValueError(
+            f"X_val has {X_val.shape[1]} features, but X has {n_features}; pass validation rows "
+            "with the same features."
+        )
+    check_no_inf(X_val)
+    leaf.validate(X_val)
+    return X_val
 
 
 class ProgressPrinter:

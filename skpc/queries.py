@@ -13,7 +13,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._compat import validate_data
 from .backend.circuit import CompiledCircuit
-from .base import make_generator
+from .base import check_no_inf, make_generator
+
+
+__all__ = ["CircuitQueriesMixin", "check_no_inf", "score_in_batches"]
 
 
 class CircuitQueriesMixin:
@@ -171,12 +174,6 @@ class CircuitQueriesMixin:
         observed = ~np.isnan(X)
         result[observed] = X[observed]  # exact evidence, not a float32 round trip
         return result
-
-
-def check_no_inf(X):
-    """Refuse inf in X (NaN marks a missing entry; inf is a value no leaf models)."""
-    if np.isinf(X).any():
-        raise ValueError("X contains inf; replace it by a finite value, or by NaN to mark it missing.")
 
 
 def score_in_batches(circuit, params, Xt):
