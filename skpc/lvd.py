@@ -82,9 +82,12 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         Image layout of the features (row-major, channels last); with
         ``patch_size``, groups are the image's patches (all channels).
     patch_size : int or (int, int), default=None
-    groups : list of lists of int, default=None
-        Explicit groups: disjoint, covering every feature. Give either
-        ``groups`` or ``image_shape`` and ``patch_size``.
+    groups : list of lists of int or "features", default=None
+        Explicit groups: disjoint, covering every feature; "features": one
+        group per feature. Give either ``groups`` or ``image_shape`` and
+        ``patch_size``; with neither, every feature is its own group (a
+        hidden Chow-Liu tree over the features whose hidden states are
+        distilled from the embeddings).
     n_clusters : int, default=16
         States of each group latent, and the number of densities of every
         region of the circuit (K).
@@ -179,7 +182,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
     _parameter_constraints = {
         "image_shape": [tuple, list, None],
         "patch_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
-        "groups": [list, tuple, None],
+        "groups": [list, tuple, StrOptions({"features"}), None],
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
         "embedder": [str, object],
         "context": [StrOptions({"mst"}), None],
@@ -297,10 +300,11 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
             return assigner
         from .latent import LatentAssigner  # numpy/sklearn side; torch only for the MAE
 
+        image = self.image_shape is not None or self.patch_size is not None
         return LatentAssigner(
             image_shape=self.image_shape,
             patch_size=self.patch_size,
-            groups=self.groups,
+            groups="features" if self.groups is None and not image else self.groups,
             embedder=self.embedder,
             context=self.context,
             n_clusters=self.n_clusters,
@@ -534,6 +538,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True  # NaN means "marginalize this entry"
+        tags.transformer_tags.preserves_dtype = []  # transform gives int codes
         return tags
 
 

@@ -351,3 +351,36 @@ def test_bad_input_is_refused_clearly():
         model.score_samples(X[:, :5])
     with pytest.raises(ValueError, match="codes outside"):
         LVDDensity(assigner=_Widened(MeanCodes(GROUPS, 3), 2), n_clusters=2, leaf="bernoulli").fit(X)
+
+
+# ------------------------------------------------ with the built-in assigner
+def test_image_patches_with_the_builtin_assigner_grey_and_colour():
+    rng = np.random.default_rng(0)
+    grey = (rng.random((120, 4, 4)) < np.linspace(0.2, 0.8, 120)[:, None, None]).astype(float)
+    model = LVDDensity(
+        image_shape=(4, 4), patch_size=2, embedder="pixels", n_clusters=2, leaf="bernoulli", max_iter=3,
+        finetune_max_iter=1, tol=None, dtype="float64", random_state=0,
+    ).fit(grey.reshape(120, -1))
+    assert [g.tolist() for g in model.groups_] == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
+    assert np.exp(model.score_samples(all_binary(16))).sum() == pytest.approx(1.0, abs=1e-9)
+    colour = rng.normal(size=(150, 4, 4, 3)) + np.linspace(-2, 2, 150)[:, None, None, None]
+    model = LVDDensity(
+        image_shape=(4, 4, 3), patch_size=2, embedder="pca", n_clusters=3, max_iter=3, finetune_max_iter=1,
+        tol=None, random_state=0,
+    ).fit(colour.reshape(150, -1))
+    assert len(model.groups_) == 4 and all(len(g) == 12 for g in model.groups_)
+    codes = model.transform(colour.reshape(150, -1))
+    assert codes.shape == (150, 4) and codes.max() < 3
+    assert np.isfinite(model.score_samples(colour.reshape(150, -1))).all()
+
+
+def test_validation_rows_given_train_on_all_rows():
+    X = latent_binary_data()
+    model = LVDDensity(
+        assigner=MeanCodes(GROUPS), n_clusters=2, leaf="bernoulli", max_iter=3, finetune_max_iter=2, tol=None,
+        random_state=0,
+    ).fit(X[:250], X_val=X[250:])
+    assert len(model.distillation_validation_scores_) == len(model.distillation_train_scores_)
+    assert len(model.validation_scores_) == len(model.train_scores_) >= 1
+    with pytest.raises(ValueError, match="early_stopping=False"):
+        clone(model).set_params(early_stopping=False).fit(X[:250], X_val=X[250:])
