@@ -139,8 +139,10 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
     n_iter_no_change : int, default=3
     tol : float or None, default=1e-4
     max_full_batch_iter : int, default=50
-        Full-batch EM epochs after each stochastic stage, as in
-        :class:`~skpc.EinsumNetworkDensity`.
+        Full-batch EM epochs at most after the last stochastic stage
+        (fine-tuning, or distillation when ``finetune_max_iter=0``), as in
+        :class:`~skpc.EinsumNetworkDensity`; distillation followed by
+        fine-tuning ends with its stochastic phase.
     device : {"cpu", "cuda", "auto"} or "cuda:N", default="cpu"
     dtype : {"float32", "float64"}, default="float32"
     random_state : int, RandomState instance or None, default=None
@@ -349,7 +351,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         graph, group_regions = compose_region_graphs(latent, subs, groups)
         return graph, group_regions, np.asarray(parents)
 
-    def _schedule(self, max_iter, learning_rate):
+    def _schedule(self, max_iter, learning_rate, full_batch):
         return Schedule(
             optimizer="em",
             max_iter=max_iter,
@@ -357,7 +359,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
             learning_rate=learning_rate,
             tol=self.tol,
             n_iter_no_change=self.n_iter_no_change,
-            max_full_batch_iter=self.max_full_batch_iter,
+            max_full_batch_iter=self.max_full_batch_iter if full_batch else 0,
         )
 
     # ----------------------------------------------------------------- fit
@@ -434,7 +436,8 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
 
         start = time.perf_counter()
         progress.stage("distillation: EM on the joint likelihood of X and the latent codes")
-        schedule = self._schedule(self.max_iter, self.learning_rate)
+        # the full-batch phase polishes the final objective: that of fine-tuning when there is one
+        schedule = self._schedule(self.max_iter, self.learning_rate, full_batch=self.finetune_max_iter == 0)
         trainer = Trainer(
             circuit,
             schedule,
@@ -451,7 +454,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         result = distilled
         if self.finetune_max_iter > 0:
             progress.stage("fine-tuning: EM on the likelihood of X")
-            schedule = self._schedule(self.finetune_max_iter, self.finetune_learning_rate)
+            schedule = self._schedule(self.finetune_max_iter, self.finetune_learning_rate, full_batch=True)
             trainer = Trainer(circuit, schedule, on_epoch=progress.epoch, on_batch=progress.batch)
             result = _train(trainer, distilled.params, X_train, generator, X_valid)
             results.append(("finetune_max_iter", schedule, result))
