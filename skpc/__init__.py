@@ -2,6 +2,7 @@
 
 from .classifier import EinsumNetworkClassifier
 from .einet import EinsumNetworkDensity
+from .latent import LatentAssigner
 from .lvd import LVDDensity
 from .outlier import CircuitOutlierDetector
 from .structure import RegionGraph, poon_domingos, random_binary_trees
@@ -12,6 +13,7 @@ __all__ = [
     "CircuitOutlierDetector",
     "EinsumNetworkClassifier",
     "EinsumNetworkDensity",
+    "LatentAssigner",
     "LVDDensity",
     "RegionGraph",
     "poon_domingos",

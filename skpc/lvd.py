@@ -14,7 +14,7 @@ from sklearn.utils import check_random_state
 from ._compat import Interval, StrOptions, _fit_context, validate_data
 from .backend.circuit import CompiledCircuit
 from .backend.em import LatentEvidence
-from .backend.leaves import LEAF_FAMILIES, ExponentialFamilyLeaf, resolve_leaf
+from .backend.leaves import LEAF_NAMES, ExponentialFamilyLeaf, resolve_leaf
 from .backend.train import Schedule, Trainer
 from .base import (
     ProgressPrinter,
@@ -96,9 +96,10 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         :class:`~skpc.latent.LatentAssigner`): "mae" (a masked autoencoder
         trained in ``fit``), "pca", "pixels", a scikit-learn transformer, or
         a callable / ``torch.nn.Module``.
-    context : {None, "mst"}, default=None
-        "mst": embed each group with its ancestors in a maximum spanning
-        tree of group correlations (the paper's context).
+    context : {None, "mst", "all"}, default=None
+        What the embedder sees of a group's row: the group alone (None),
+        the group and its ancestors in a maximum spanning tree of group
+        correlations ("mst", the paper's context), or every group ("all").
     assigner : transformer or None, default=None
         A ready latent assigner (cloned and fitted in ``fit``) in place of
         the one built from the grouping, ``embedder`` and ``context``
@@ -119,8 +120,13 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         per group.
     n_repetitions : int, default=1
         Random binary trees per "rat" sub-circuit.
-    leaf, n_categories, n_trials, min_var, max_var
-        The leaf families, as in :class:`~skpc.EinsumNetworkDensity`.
+    leaf : str, leaf instance, dict or list, default="auto"
+        The leaf families, as in :class:`~skpc.EinsumNetworkDensity`;
+        "auto" picks each column's family from the training data (binary:
+        Bernoulli, non-negative integers below 256: categorical, else
+        Gaussian; see ``skpc.backend.AutoLeaf``).
+    n_categories, n_trials, min_var, max_var
+        Hyper-parameters of the leaf families.
     max_iter : int, default=100
         Epochs of the distillation stage (stochastic EM on (X, Z)) at most.
     finetune_max_iter : int, default=20
@@ -187,13 +193,13 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         "groups": [list, tuple, StrOptions({"features"}), None],
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
         "embedder": [str, object],
-        "context": [StrOptions({"mst"}), None],
+        "context": [StrOptions({"mst", "all"}), None],
         "assigner": [object, None],
         "sub_structure": [StrOptions({"hclt", "rat", "factorized"})],
         "latent_structure": [StrOptions({"hclt"})],
         "depth": [Interval(Integral, 0, None, closed="left"), None],
         "n_repetitions": [Interval(Integral, 1, None, closed="left")],
-        "leaf": [StrOptions(set(LEAF_FAMILIES)), ExponentialFamilyLeaf, dict, list, tuple],
+        "leaf": [StrOptions(set(LEAF_NAMES)), ExponentialFamilyLeaf, dict, list, tuple],
         "n_categories": [Interval(Integral, 2, None, closed="left"), None],
         "n_trials": [Interval(Integral, 1, None, closed="left"), None],
         "min_var": [Interval(Real, 0, None, closed="neither")],
@@ -229,7 +235,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         latent_structure="hclt",
         depth=None,
         n_repetitions=1,
-        leaf="gaussian",
+        leaf="auto",
         n_categories=None,
         n_trials=None,
         min_var=1e-4,

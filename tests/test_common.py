@@ -4,7 +4,7 @@ sizes small enough that the whole module runs in well under a minute."""
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skpc import CircuitOutlierDetector, EinsumNetworkClassifier, EinsumNetworkDensity, LVDDensity
+from skpc import CircuitOutlierDetector, EinsumNetworkClassifier, EinsumNetworkDensity, LatentAssigner, LVDDensity
 
 
 def _small_density(**params):
@@ -21,6 +21,7 @@ ESTIMATORS = [
     EinsumNetworkClassifier(_small_density()),
     LVDDensity(embedder="pixels", n_clusters=2, max_iter=3, finetune_max_iter=1, batch_size=None, tol=None,
                early_stopping=False, random_state=0),
+    LatentAssigner(groups="features", embedder="pixels", n_clusters=2, random_state=0),
     # at their default parameters (the checks seed random_state)
     EinsumNetworkDensity(),
     CircuitOutlierDetector(),

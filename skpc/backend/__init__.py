@@ -5,6 +5,8 @@ from .em import ExpectedStatistics, LatentEvidence, SelectedOutput, e_step, log_
 from .layers import log_einsum_exp, log_hadamard_exp, log_matmul_exp, log_mix, log_root
 from .leaves import (
     LEAF_FAMILIES,
+    LEAF_NAMES,
+    AutoLeaf,
     BernoulliLeaf,
     BinomialLeaf,
     CategoricalLeaf,
@@ -19,6 +21,8 @@ from .train import EpochRecord, Schedule, Trainer, TrainingResult
 
 __all__ = [
     "LEAF_FAMILIES",
+    "LEAF_NAMES",
+    "AutoLeaf",
     "BernoulliLeaf",
     "BinomialLeaf",
     "CategoricalLeaf",

@@ -55,10 +55,12 @@ Modules: ``base`` (the contract, ``ExponentialFamilyLeaf``), ``families``
 from .base import PROB_FLOOR, RATE_FLOOR, ExponentialFamilyLeaf
 from .families import BernoulliLeaf, BinomialLeaf, CategoricalLeaf, GaussianLeaf, PoissonLeaf
 from .mixed import MixedLeaf
-from .registry import LEAF_FAMILIES, make_leaf, resolve_leaf
+from .registry import LEAF_FAMILIES, LEAF_NAMES, AutoLeaf, make_leaf, resolve_leaf
 
 __all__ = [
     "LEAF_FAMILIES",
+    "LEAF_NAMES",
+    "AutoLeaf",
     "PROB_FLOOR",
     "RATE_FLOOR",
     "BernoulliLeaf",

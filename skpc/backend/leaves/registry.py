@@ -19,6 +19,52 @@ LEAF_FAMILIES = {
 }
 
 
+# leaf="auto": columns of non-negative integers below this get categorical leaves.
+AUTO_MAX_CATEGORIES = 256
+# Every name an estimator's ``leaf`` parameter accepts.
+LEAF_NAMES = (*LEAF_FAMILIES, "auto")
+
+
+class AutoLeaf:
+    """``leaf="auto"``: each column's family chosen from the training data.
+
+    ``infer(X)`` returns the concrete leaf (one family, or a ``MixedLeaf``):
+
+    - values in {0, 1} only: Bernoulli;
+    - other non-negative integers below ``AUTO_MAX_CATEGORIES`` (256):
+      categorical (8-bit pixels, ordinal codes, small counts);
+    - anything else: Gaussian.
+
+    Why: a Gaussian leaf on discrete data shrinks its variance onto a value
+    that fills a column (the 0 of an image's background) until min_var, and a
+    test value one grey level away costs thousands of nats: a default fit of
+    3,000 MNIST digits scored -53,979 nats per test image against -4,347 for
+    the uniform distribution; categorical leaves are the standard recipe.
+    NaN entries are ignored; an all-NaN column is Gaussian.
+    """
+
+    def __init__(self, options):
+        self.options = options
+
+    @staticmethod
+    def family_of(column):
+        """The family name for one column (n_samples,) of float values, NaN = missing."""
+        observed = column[~np.isnan(column)]
+        if observed.size == 0:
+            return "gaussian"
+        integral = bool(np.all(observed == np.round(observed)) and observed.min() >= 0)
+        if integral and observed.max() <= 1:
+            return "bernoulli"
+        if integral and observed.max() < AUTO_MAX_CATEGORIES:
+            return "categorical"
+        return "gaussian"
+
+    def infer(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        families = [self.family_of(X[:, j]) for j in range(X.shape[1])]
+        return resolve_leaf(families, X.shape[1], **self.options).infer(X)
+
+
 def _named_family(name, options):
     """The family registered as ``name``, given the options its ``__init__`` takes."""
     if not isinstance(name, str) or name not in LEAF_FAMILIES:
@@ -52,6 +98,8 @@ def resolve_leaf(spec, n_features, *, min_var=1e-4, max_var=None, n_categories=N
     ----------
     spec : str, ExponentialFamilyLeaf, dict or list
         - a family name of ``LEAF_FAMILIES``: configured by the keywords;
+        - "auto": an :class:`AutoLeaf`, whose ``infer(X)`` picks each
+          column's family from the data;
         - a leaf instance: a copy is returned, the keywords are ignored;
         - a dict ``{family: columns}``, family a name or an instance,
           columns a list of column indices (an int for one column), e.g.
@@ -86,6 +134,8 @@ def resolve_leaf(spec, n_features, *, min_var=1e-4, max_var=None, n_categories=N
         return MixedLeaf([copy.deepcopy(family) for family in spec.families])
     if isinstance(spec, ExponentialFamilyLeaf):
         return copy.deepcopy(spec)
+    if isinstance(spec, str) and spec == "auto":
+        return AutoLeaf(options)
     if isinstance(spec, str):
         return _named_family(spec, options)
     if isinstance(spec, dict):
