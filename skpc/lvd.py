@@ -122,9 +122,10 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         Random binary trees per "rat" sub-circuit.
     leaf : str, leaf instance, dict or list, default="auto"
         The leaf families, as in :class:`~skpc.EinsumNetworkDensity`;
-        "auto" picks each column's family from the training data (binary:
-        Bernoulli, non-negative integers below 256: categorical, else
-        Gaussian; see ``skpc.backend.AutoLeaf``).
+        "auto" picks each column's family from the training data
+        (non-negative integers below 256: categorical with one number of
+        states for all such columns; else Gaussian; see
+        ``skpc.backend.AutoLeaf``).
     n_categories, n_trials, min_var, max_var
         Hyper-parameters of the leaf families.
     max_iter : int, default=100

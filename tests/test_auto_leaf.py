@@ -6,14 +6,14 @@ import pytest
 from sklearn.datasets import load_digits
 
 from skpc import LVDDensity
-from skpc.backend import AutoLeaf, BernoulliLeaf, CategoricalLeaf, GaussianLeaf, MixedLeaf, resolve_leaf
+from skpc.backend import AutoLeaf, CategoricalLeaf, GaussianLeaf, MixedLeaf, resolve_leaf
 
 
 @pytest.mark.parametrize(
     "column, family",
     [
-        ([0, 1, 1, np.nan], "bernoulli"),
-        ([0, 0, 0], "bernoulli"),
+        ([0, 1, 1, np.nan], "categorical"),
+        ([0, 0, 0], "categorical"),
         ([0, 3, 255], "categorical"),
         ([0, 3, 256], "gaussian"),  # 257 states: past AUTO_MAX_CATEGORIES
         ([0, 1.5, 2], "gaussian"),
@@ -31,9 +31,10 @@ def test_auto_resolves_to_the_families_of_the_columns():
     leaf = resolve_leaf("auto", 4).infer(X.astype(float))
     assert isinstance(leaf, MixedLeaf)
     families = leaf.families
-    assert isinstance(families[0], BernoulliLeaf) and isinstance(families[2], GaussianLeaf)
-    assert isinstance(families[1], CategoricalLeaf) and families[1] == families[3]
-    assert families[1].n_categories == int(X[:, [1, 3]].max()) + 1
+    assert isinstance(families[2], GaussianLeaf)
+    # the integer columns share one categorical family (a binary column included)
+    assert isinstance(families[1], CategoricalLeaf) and families[0] == families[1] == families[3]
+    assert families[1].n_categories == int(X[:, [0, 1, 3]].max()) + 1
     # one family for every column: that family alone
     assert isinstance(resolve_leaf("auto", 2).infer(rng.normal(size=(10, 2))), GaussianLeaf)
     # n_categories given: used by the categorical columns
@@ -45,6 +46,6 @@ def test_default_lvd_on_8_bit_style_digits_beats_the_uniform_distribution():
     model = LVDDensity(image_shape=(8, 8), patch_size=4, embedder="pca", n_clusters=4, max_iter=5,
                        finetune_max_iter=2, tol=None, random_state=0).fit(X[:1200])
     uniform = -64 * np.log(17)
-    # always-0 border pixels are binary, the others categorical: no Gaussian leaf
-    assert {type(f) for f in model.leaf_.families} == {BernoulliLeaf, CategoricalLeaf}
+    # every pixel categorical over 0..16, the always-0 border pixels too
+    assert isinstance(model.leaf_, CategoricalLeaf) and model.leaf_.n_categories == 17
     assert model.score(X[1200:]) > uniform + 50

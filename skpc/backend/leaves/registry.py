@@ -30,9 +30,11 @@ class AutoLeaf:
 
     ``infer(X)`` returns the concrete leaf (one family, or a ``MixedLeaf``):
 
-    - values in {0, 1} only: Bernoulli;
-    - other non-negative integers below ``AUTO_MAX_CATEGORIES`` (256):
-      categorical (8-bit pixels, ordinal codes, small counts);
+    - columns of non-negative integers below ``AUTO_MAX_CATEGORIES`` (256):
+      categorical, all such columns with one number of states, the largest
+      value seen in any of them plus one (8-bit pixels, ordinal codes, small
+      counts, binary flags; a binary column is a 2-state categorical, the
+      Bernoulli model);
     - anything else: Gaussian.
 
     Why: a Gaussian leaf on discrete data shrinks its variance onto a value
@@ -40,7 +42,9 @@ class AutoLeaf:
     test value one grey level away costs thousands of nats: a default fit of
     3,000 MNIST digits scored -53,979 nats per test image against -4,347 for
     the uniform distribution; categorical leaves are the standard recipe.
-    NaN entries are ignored; an all-NaN column is Gaussian.
+    The shared number of states keeps a column that was constant in training
+    (an image border) able to score any grey level seen elsewhere. NaN
+    entries are ignored; an all-NaN column is Gaussian.
     """
 
     def __init__(self, options):
@@ -53,8 +57,6 @@ class AutoLeaf:
         if observed.size == 0:
             return "gaussian"
         integral = bool(np.all(observed == np.round(observed)) and observed.min() >= 0)
-        if integral and observed.max() <= 1:
-            return "bernoulli"
         if integral and observed.max() < AUTO_MAX_CATEGORIES:
             return "categorical"
         return "gaussian"
