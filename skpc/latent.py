@@ -374,6 +374,9 @@ class LatentAssigner(TorchStateMixin, ClassNamePrefixFeaturesOutMixin, Transform
         The k-means of each group.
     cluster_centers_ : list of ndarray
         Per group, the centers, shape (n_clusters_[i], embedding_dims_[i]).
+    stage_times_ : dict
+        Seconds of the "embedding" (fitting the embedder and embedding the
+        training rows) and "clustering" stages of ``fit``.
     n_clusters_ : int64 ndarray of shape (n_groups_,)
         Clusters of each group: ``n_clusters``, or the number of distinct
         training embeddings of the group when that is smaller.
@@ -659,7 +662,7 @@ class LatentAssigner(TorchStateMixin, ClassNamePrefixFeaturesOutMixin, Transform
         self._mae_cache = None
         self.embedder_kind_ = kind
 
-        start = time.perf_counter()
+        start = embedding_start = time.perf_counter()
         if kind == "pca":
             self.embedders_ = [
                 PCA(n_components=min(self.n_components, cols.size, n_train), random_state=embedder_seed).fit(
@@ -697,6 +700,7 @@ class LatentAssigner(TorchStateMixin, ClassNamePrefixFeaturesOutMixin, Transform
 
         embeddings, dims = self._embed_rows(X_train, dims=None)  # (n_train, T, d_max)
         self.embedding_dims_ = dims
+        clustering_start = time.perf_counter()
         self.kmeans_, self.cluster_centers_ = [], []
         n_clusters = np.empty(len(groups), dtype=np.int64)
         for i in range(len(groups)):
@@ -714,6 +718,10 @@ class LatentAssigner(TorchStateMixin, ClassNamePrefixFeaturesOutMixin, Transform
                 f"{model.inertia_ / n_train:.4g} per row  {time.perf_counter() - start:.1f}s"
             )
         self.n_clusters_ = n_clusters
+        self.stage_times_ = {
+            "embedding": clustering_start - embedding_start,
+            "clustering": time.perf_counter() - clustering_start,
+        }
         if not return_codes:
             return None
         if rows.size == n_samples:

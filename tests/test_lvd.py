@@ -329,6 +329,9 @@ def test_grid_search_over_n_clusters():
 def test_stage_times_and_scores_are_recorded():
     model, _ = fit_binary("hclt", verbose=0)
     assert set(model.stage_times_) == {"assignment", "structure", "distillation", "finetuning"}
+    builtin = LVDDensity(groups=GROUPS, embedder="pixels", n_clusters=2, leaf="bernoulli", max_iter=2,
+                         finetune_max_iter=1, tol=None, random_state=0).fit(latent_binary_data())
+    assert set(builtin.stage_times_) == {"embedding", "clustering", "structure", "distillation", "finetuning"}
     assert len(model.distillation_train_scores_) >= 1 and len(model.train_scores_) >= 1
     assert model.n_iter_ == len(model.distillation_train_scores_) + len(model.train_scores_)
 
