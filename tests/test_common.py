@@ -1,7 +1,6 @@
 """scikit-learn's estimator checks over every public estimator of skpc, at
 sizes small enough that the whole module runs in well under a minute."""
 
-import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skpc import CircuitOutlierDetector, EinsumNetworkClassifier, EinsumNetworkDensity, LatentAssigner, LVDDensity
