@@ -13,7 +13,8 @@ from sklearn.utils.validation import check_array
 from ._compat import Interval, StrOptions, _fit_context, validate_data
 from .backend.circuit import PARTITION_LAYERS, CompiledCircuit
 from .backend.leaves import LEAF_FAMILIES, ExponentialFamilyLeaf, resolve_leaf
-from .backend.train import Schedule, Trainer
+from .backend.distributed import DistributedError, agree_on, local_part, params_to, resolve_process_group, row_offsets
+from .backend.train import DEFAULT_EM_LEARNING_RATE, ArrayRows, RowShard, Schedule, Trainer, trim_heap
 from .base import (
     ProgressPrinter,
     TorchStateMixin,
@@ -134,6 +135,25 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         Continue from the fitted parameters on the next ``fit``. The
         parameters that define the circuit (structure, sizes, leaf) must be
         those of the fitted model.
+    distributed : "auto" or bool, default="auto"
+        Data-parallel training on ``torch.distributed``: each process of
+        an initialized process group calls ``fit`` on its own rows, and
+        they train one model, the one a single process would fit on all
+        rows (rank 0's rows first, then rank 1's, ...): rank 0's seeds,
+        structure and initial parameters are broadcast; the validation
+        split and every mini-batch are drawn over all rows, each process
+        taking its share; expected statistics and log-likelihood totals
+        are summed across processes before every M-step (Adam: the
+        gradients); early stopping reads the global validation score. The
+        fitted model is identical on every process; ``lower_bound_`` is
+        the global mean. Bad input on one process raises the same
+        ValueError on all. "auto": data-parallel when a process group with
+        more than one process is initialized; True: require one (an error
+        if none is); False: fit this process's rows alone. Structure
+        learning (``structure="hclt"``) and initialization read an
+        initialization sample of the training rows, gathered on rank 0:
+        all of them up to 2**21 values (rows x features), else evenly
+        spaced rows. See the user guide, "Beyond one machine".
 
     Attributes
     ----------
@@ -193,6 +213,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
+        "distributed": [StrOptions({"auto"}), "boolean"],
     }
 
     # What defines the circuit: a warm start must find these as they were fitted.
@@ -232,6 +253,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         random_state=None,
         verbose=0,
         warm_start=False,
+        distributed="auto",
     ):
         self.structure = structure
         self.depth = depth
@@ -260,15 +282,23 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.distributed = distributed
 
     # ------------------------------------------------------------- helpers
-    def _continuing(self):
-        if not (self.warm_start and hasattr(self, "params_")):
+    def _continuing(self, partial=False):
+        """Whether this fit continues the fitted circuit (a warm start, or
+        ``partial_fit`` after the first call); refuses changed circuit parameters."""
+        if not ((partial or self.warm_start) and hasattr(self, "params_")):
             return False
         fitted = self._fitted_circuit_parameters_
         changed = [name for name in self._circuit_parameters if not _same(getattr(self, name), fitted[name])]
         if changed:
             name = changed[0]
+            if partial:
+                raise ValueError(
+                    f"partial_fit continues the fitted circuit, but {name}={getattr(self, name)!r} differs from "
+                    f"the fitted {name}={fitted[name]!r}; restore it, or call fit to fit a new circuit."
+                )
             raise ValueError(
                 f"warm_start=True continues the fitted circuit, but {name}={getattr(self, name)!r} differs from "
                 f"the fitted {name}={fitted[name]!r}; restore it, or set warm_start=False to fit a new circuit."
@@ -352,19 +382,6 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         order = seeds.permutation(n_samples)
         return np.sort(order[n_valid:]), np.sort(order[:n_valid])
 
-    def _validate_validation_rows(self, X_val, leaf):
-        if self.early_stopping is False:
-            raise ValueError("X_val was given but early_stopping=False; set early_stopping=True or 'auto' to use it.")
-        X_val = check_array(X_val, dtype=np.float64, ensure_all_finite=False)
-        if X_val.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X_val has {X_val.shape[1]} features, but X has {self.n_features_in_}; pass validation rows "
-                "with the same features."
-            )
-        check_no_inf(X_val)
-        leaf.validate(X_val)
-        return X_val
-
     # ----------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, X_val=None):
@@ -375,101 +392,291 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Training data; NaN entries are missing and marginalized out.
+            Training data; NaN entries are missing and marginalized out. A
+            ``numpy.memmap`` (any real dtype) is streamed: its rows are read
+            a batch at a time, never all at once nor as a float copy.
+            Data-parallel (see ``distributed``): this process's rows only.
         y : Ignored
         X_val : array-like of shape (n_val, n_features), default=None
             Validation rows for early stopping, in place of a split of X
             (as ``HistGradientBoostingClassifier.fit``'s ``X_val``); then all
             of X is trained on. Not allowed with ``early_stopping=False``.
+            Data-parallel: this process's validation rows (every process
+            passes some, or none does).
 
         Returns
         -------
         self : EinsumNetworkDensity
         """
-        continuing = self._continuing()
-        X = validate_data(self, X, reset=not continuing, dtype=np.float64, ensure_all_finite=False)
-        n_samples, n_features = X.shape
-        check_no_inf(X)
-        if np.isnan(X).all():
-            raise ValueError("X has no observed entry (every value is NaN); a circuit cannot be fitted to no data.")
-        schedule = self._schedule()
-        if continuing:
-            leaf = self.leaf_
-            leaf.validate(X)
-        else:
-            leaf = resolve_leaf(
-                self.leaf,
-                n_features,
-                min_var=self.min_var,
-                max_var=self.max_var,
-                n_categories=self.n_categories,
-                n_trials=self.n_trials,
-            ).infer(X)
+        comm = resolve_process_group(self.distributed)
+        data = self._agreed_data(comm, X, X_val, partial=False)
+        start = self._start(comm, data, hold_out=X_val is None)
 
-        device = resolve_device(self.device)
-        dtype = resolve_dtype(self.dtype)
-        seeds = check_random_state(self.random_state)
-        # drawn on the host, in this order: the same structure and split on every device
-        structure_seed = draw_seed(seeds)
-        if X_val is None:
-            train_rows, valid_rows = self._validation_split(n_samples, seeds)
-        else:
-            X_val = self._validate_validation_rows(X_val, leaf)
-            train_rows, valid_rows = np.arange(n_samples), None
-        generator = torch_generator(draw_seed(seeds), device)
-        if continuing:
-            graph, n_sums, layer = self.region_graph_, self.n_sums_, self.layer_
-        else:
-            graph = self._build_graph(X[train_rows], leaf, random_state=structure_seed)
-            n_sums, layer = self.n_sums, self.layer
-        circuit = CompiledCircuit(graph, n_sums, leaf, device, layer=layer)
-        X_train = torch.tensor(X[train_rows], dtype=dtype, device=device)  # a copy: X may be read-only
-        X_valid = None if valid_rows is None else torch.tensor(X[valid_rows], dtype=dtype, device=device)
-        if X_val is not None:
-            X_valid = torch.tensor(X_val, dtype=dtype, device=device)
-        if continuing:
-            params = self.params_.map(lambda t: t.to(device=device, dtype=dtype).clone())
-        else:
-            params = circuit.init_params(X_train, generator, dtype)
-
-        progress = ProgressPrinter(type(self).__name__, self.verbose)
-        trainer = Trainer(circuit, schedule, on_epoch=progress.epoch, on_batch=progress.batch)
+        progress = ProgressPrinter(type(self).__name__, self.verbose if comm is None or comm.is_root else 0)
+        trainer = Trainer(
+            start.circuit,
+            data.schedule,
+            reduce=None if comm is None else comm.reduce,
+            on_epoch=progress.epoch,
+            on_batch=progress.batch,
+            shard=start.shard,
+        )
         try:
-            result = trainer.fit(params, X_train, generator, X_valid=X_valid)
+            result = trainer.fit(start.params, start.X_train, start.generator, X_valid=start.X_valid)
         except FloatingPointError as error:
             raise ValueError(str(error)) from None
         query_params = result.params.map(lambda t: t.to(torch.float64))
-        lower_bound = float(np.mean(score_in_batches(circuit, query_params, torch.tensor(X, dtype=torch.float64, device=device))))
+        lower_bound = self._lower_bound(comm, data, start, query_params)
+        if self.tol is not None and not result.converged:
+            warn_not_converged(type(self).__name__, result, data.schedule)
+
+        # Only now is fitted state written: a failure above leaves an earlier fit intact.
+        self._store(data, start, result.params, query_params)
+        self.n_iter_ = (self.n_iter_ if data.continuing else 0) + result.n_iter
+        self.converged_ = result.converged
+        self.lower_bound_ = lower_bound
+        self.train_scores_ = [record.train for record in result.history]
+        self.validation_scores_ = None if start.X_valid is None else [record.valid for record in result.history]
+        self.best_validation_score_ = None if start.X_valid is None else result.best_score
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """One stochastic-EM step on the rows of X (out-of-core learning).
+
+        The first call (on an unfitted model, or after a fit with other
+        circuit parameters is refused) builds the structure, infers the
+        leaves and initializes the parameters from X, exactly as ``fit``
+        would from these rows with ``early_stopping=False``, then takes the
+        step; every call moves the parameters by one EM update from the
+        expected statistics of all rows of X, with step size
+        ``learning_rate`` (None: 0.5): ``(1 - lr) * old + lr * M-step(X)``.
+        With ``learning_rate=1`` a call is one full-batch EM iteration on X.
+        Pass mini-batches of a stream (or of a ``numpy.memmap``, read in
+        chunks) in turn, as to ``MiniBatchKMeans.partial_fit``; leaf
+        hyper-parameters inferred from the first batch (``n_categories``,
+        ``n_trials``) stay fixed, so give them explicitly when later
+        batches may exceed it. Nothing is held out: no early stopping.
+        Data-parallel (see ``distributed``): each process passes its share
+        of the batch; the step is that of the whole batch.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            NaN entries are missing.
+        y : Ignored
+
+        Returns
+        -------
+        self : EinsumNetworkDensity
+        """
+        comm = resolve_process_group(self.distributed)
+        data = self._agreed_data(comm, X, None, partial=True)
+        start = self._start(comm, data, hold_out=False)
+        learning_rate = self.learning_rate if self.learning_rate is not None else DEFAULT_EM_LEARNING_RATE
+        trainer = Trainer(start.circuit, data.schedule, reduce=None if comm is None else comm.reduce, shard=start.shard)
+        try:
+            params, mean = trainer.em_step(start.X_train, start.params, learning_rate)
+        except FloatingPointError as error:
+            raise ValueError(str(error)) from None
+
+        self._store(data, start, params, params.map(lambda t: t.to(torch.float64)))
+        self.n_iter_ = (self.n_iter_ if data.continuing else 0) + 1
+        self.converged_ = False
+        self.lower_bound_ = mean
+        self.train_scores_ = (list(self.train_scores_) if data.continuing else []) + [mean]
+        self.validation_scores_ = None
+        self.best_validation_score_ = None
+        return self
+
+    # ------------------------------------------------------ fit: the steps
+    def _agreed_data(self, comm, X, X_val, partial):
+        """Every process's local checks of its rows, agreed on before any
+        other collective: the same ValueError on every rank if any fails."""
+        data, facts = agree_on(comm, lambda: self._check_data(X, X_val, partial, comm is not None), _FitData.facts)
+        if comm is not None:
+            _check_same_facts(facts)
+        data.counts = np.array([f["n_rows"] for f in facts], dtype=np.int64)
+        data.offset = int(row_offsets(data.counts)[0 if comm is None else comm.rank])
+        if not data.legacy:
+            data.leaf = _global_leaf(data, facts)
+        return data
+
+    def _check_data(self, X, X_val, partial, distributed):
+        """This process's rows, validated: a _FitData (raises ValueError)."""
+        continuing = self._continuing(partial)
+        streaming = isinstance(X, np.memmap)
+        if streaming:  # no float copy: rows are converted a batch at a time
+            X = validate_data(self, X, reset=not continuing, dtype=None, ensure_all_finite=False)
+            _check_real(X, "X")
+        else:
+            X = validate_data(self, X, reset=not continuing, dtype=np.float64, ensure_all_finite=False)
+        data = _FitData(X, streaming, continuing, legacy=not (streaming or distributed))
+        if data.legacy:  # one process, in memory: checks on the whole array
+            check_no_inf(X)
+            if np.isnan(X).all():
+                raise ValueError("X has no observed entry (every value is NaN); a circuit cannot be fitted to no data.")
+        data.schedule = self._schedule()
+        if partial and self.optimizer != "em":
+            raise ValueError(
+                f"partial_fit takes stochastic-EM steps, but optimizer={self.optimizer!r}; use optimizer='em'."
+            )
+        base = self.leaf_ if continuing else resolve_leaf(
+            self.leaf,
+            X.shape[1],
+            min_var=self.min_var,
+            max_var=self.max_var,
+            n_categories=self.n_categories,
+            n_trials=self.n_trials,
+        )
+        if data.legacy:
+            if continuing:
+                base.validate(X)
+                data.leaf = base
+            else:
+                data.leaf = base.infer(X)
+        else:
+            data.base_leaf = base
+            data.extremes = _scan(ArrayRows(X), base, "X")
+        data.device = resolve_device(self.device)
+        data.dtype = resolve_dtype(self.dtype)
+        if X_val is not None:
+            data.X_val, data.val_extremes = self._check_validation_rows(X_val, data)
+        return data
+
+    def _check_validation_rows(self, X_val, data):
+        if self.early_stopping is False:
+            raise ValueError("X_val was given but early_stopping=False; set early_stopping=True or 'auto' to use it.")
+        if isinstance(X_val, np.memmap):
+            X_val = check_array(X_val, dtype=None, ensure_all_finite=False)
+            _check_real(X_val, "X_val")
+        else:
+            X_val = check_array(X_val, dtype=np.float64, ensure_all_finite=False)
+        if X_val.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X_val has {X_val.shape[1]} features, but X has {self.n_features_in_}; pass validation rows "
+                "with the same features."
+            )
+        if data.legacy:
+            check_no_inf(X_val)
+            data.leaf.validate(X_val)
+            return X_val, None
+        return X_val, _scan(ArrayRows(X_val), data.base_leaf, "X_val", require_observed=False)
+
+    def _start(self, comm, data, hold_out):
+        """Seeds, validation split, structure and initial parameters: the
+        same on every process (rank 0's, broadcast), and the same as one
+        process would draw for all rows together."""
+        n_total = int(data.counts.sum())
+        n_local = data.X.shape[0]
+        seeds = check_random_state(self.random_state)
+        if comm is not None:
+            seeds = comm.broadcast(seeds)  # rank 0's generator state: the same draws everywhere
+        # drawn on the host, in this order: the same structure and split on every device
+        structure_seed = draw_seed(seeds)
+        if hold_out:
+            train_rows, valid_rows = self._validation_split(n_total, seeds)
+        else:
+            train_rows, valid_rows = np.arange(n_total), None
+        generator = torch_generator(draw_seed(seeds), data.device)
+        local_train, train_offset = local_part(train_rows, data.offset, n_local)
+        local_valid = None if valid_rows is None else local_part(valid_rows, data.offset, n_local)[0]
+        start = _FitStart(generator)
+        if comm is not None:
+            start.shard = RowShard(train_offset, len(train_rows))
+
+        device, dtype = data.device, data.dtype
+        if data.legacy:
+            X_train = torch.tensor(data.X[local_train], dtype=dtype, device=device)  # a copy: X may be read-only
+            X_valid = None if local_valid is None else torch.tensor(data.X[local_valid], dtype=dtype, device=device)
+            if data.X_val is not None:
+                X_valid = torch.tensor(data.X_val, dtype=dtype, device=device)
+        else:
+            X_train = _rows(data.X, local_train, data, dtype)
+            X_valid = None if local_valid is None else _rows(data.X, local_valid, data, dtype)
+            if data.X_val is not None:
+                X_valid = _rows(data.X_val, None, data, dtype)
+        start.X_train, start.X_valid = X_train, X_valid
+
+        if data.continuing:
+            graph, n_sums, layer = self.region_graph_, self.n_sums_, self.layer_
+            params = self.params_.map(lambda t: t.to(device=device, dtype=dtype).clone())
+            if comm is not None:  # rank 0's parameters, in case the processes' fits differ
+                comm.broadcast_tensors([params.leaf, *params.tensors()])
+        elif data.legacy:
+            graph = self._build_graph(data.X[local_train], data.leaf, random_state=structure_seed)
+            n_sums, layer = self.n_sums, self.layer
+        else:
+            graph, params = self._initialize(comm, data, train_rows, structure_seed, generator)
+            n_sums, layer = self.n_sums, self.layer
+        start.graph, start.n_sums, start.layer = graph, n_sums, layer
+        start.circuit = CompiledCircuit(graph, n_sums, data.leaf, device, layer=layer)
+        if data.legacy and not data.continuing:
+            params = start.circuit.init_params(X_train, generator, dtype)
+        start.params = params
+        return start
+
+    def _initialize(self, comm, data, train_rows, structure_seed, generator):
+        """(graph, initial parameters) from the initialization sample of the
+        training rows, on rank 0, broadcast with its generator's state."""
+        sample_rows = _init_sample_rows(train_rows, data.X.shape[1])
+        local_rows = local_part(sample_rows, data.offset, data.X.shape[0])[0]
+        block = ArrayRows(data.X).read(local_rows)  # (n, D) float64: this process's part of the sample
+        blocks = [block] if comm is None else comm.gather_to_root(block)
+
+        def build():
+            # in the global order: the rows one process would read
+            X_init = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+            graph = self._build_graph(X_init, data.leaf, random_state=structure_seed)
+            circuit = CompiledCircuit(graph, self.n_sums, data.leaf, data.device, layer=self.layer)
+            params = circuit.init_params(torch.tensor(X_init, dtype=data.dtype, device=data.device), generator, data.dtype)
+            return graph, params_to(params, "cpu"), generator.get_state()
+
+        if comm is None:
+            graph, params, _ = build()
+        else:
+            graph, params, state = comm.run_on_root(build)
+            generator.set_state(state)  # the draws after initialization agree too (batch order)
+        blocks = block = None  # freed before the heap is trimmed
+        trim_heap()  # the sample and its temporaries: not resident while the rows stream
+        return graph, params_to(params, data.device)
+
+    def _lower_bound(self, comm, data, start, query_params):
+        """Mean log-likelihood of all training rows (of every process) at the fitted parameters."""
+        circuit = start.circuit
+        if data.legacy:
+            X = torch.tensor(data.X, dtype=torch.float64, device=data.device)
+            lower_bound = float(np.mean(score_in_batches(circuit, query_params, X)))
+        else:
+            rows = _rows(data.X, None, data, torch.float64)
+            total = 0.0 if len(rows) == 0 else float(circuit.log_prob_in_chunks(rows, query_params).sum())
+            rows.release()
+            n = len(rows)
+            if comm is not None:
+                total, n = comm.sum(total, n)
+            lower_bound = total / n
         if not math.isfinite(lower_bound):
             raise ValueError(
                 "Training ended with a non-finite log-likelihood; lower learning_rate, raise min_var, "
                 "or check X for extreme values."
             )
-        if self.tol is not None and not result.converged:
-            warn_not_converged(type(self).__name__, result, schedule)
+        return lower_bound
 
-        # Only now is fitted state written: a failure above leaves an earlier fit intact.
-        self.region_graph_ = graph
-        self.leaf_ = leaf
-        self.n_sums_ = n_sums
-        self.layer_ = layer
-        self.params_ = result.params
-        self.device_ = device
-        self._circuit_cache = circuit
-        self._query_cache = (result.params, query_params)
+    def _store(self, data, start, params, query_params):
+        self.region_graph_ = start.graph
+        self.leaf_ = data.leaf
+        self.n_sums_ = start.n_sums
+        self.layer_ = start.layer
+        self.params_ = params
+        self.device_ = data.device
+        self._circuit_cache = start.circuit
+        self._query_cache = (params, query_params)
         self._fitted_circuit_parameters_ = {
             name: copy.deepcopy(getattr(self, name)) for name in self._circuit_parameters
         }
-        self.n_categories_ = getattr(leaf, "n_categories", None)
-        self.n_trials_ = getattr(leaf, "n_trials", None)
-        self.n_iter_ = (self.n_iter_ if continuing else 0) + result.n_iter
-        self.converged_ = result.converged
-        self.lower_bound_ = lower_bound
-        self.train_scores_ = [record.train for record in result.history]
-        self.validation_scores_ = None if X_valid is None else [record.valid for record in result.history]
-        self.best_validation_score_ = None if X_valid is None else result.best_score
-        self.n_parameters_ = circuit.n_parameters()
-        return self
+        self.n_categories_ = getattr(data.leaf, "n_categories", None)
+        self.n_trials_ = getattr(data.leaf, "n_trials", None)
+        self.n_parameters_ = start.circuit.n_parameters()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -490,3 +697,124 @@ def _same(a, b):
         return bool(np.all(a == b)) if not isinstance(a, (dict, list, tuple)) else a == b
     except (TypeError, ValueError):
         return a is b
+
+
+# ------------------------------------------------------------- fit helpers
+# Values (rows x features) of the initialization sample: structure learning
+# and initialization read at most this many training values when the rows
+# stream from a memmap or live in several processes (all of them below it,
+# then the fit is exactly that of one process on all rows in memory).
+INIT_SAMPLE_ELEMENTS = 2**21
+
+
+class _FitData:
+    """One process's validated rows and what its checks found."""
+
+    def __init__(self, X, streaming, continuing, legacy):
+        self.X = X  # (n, D) float64 ndarray, or the memmap (any real dtype) when streaming
+        self.streaming = streaming
+        self.continuing = continuing
+        self.legacy = legacy  # one process, in memory: the in-memory code path
+        self.X_val = None
+        self.schedule = None
+        self.leaf = None  # inferred (after agreement, from the global extremes, unless legacy)
+        self.base_leaf = None
+        self.extremes = None  # (2, D): column min and max of the observed entries (NaN: none)
+        self.val_extremes = None
+        self.device = self.dtype = None
+        self.counts = None  # rows of every process
+        self.offset = 0
+
+    def facts(self):
+        """What the processes compare and share after their checks (picklable)."""
+        return {
+            "n_rows": int(self.X.shape[0]),
+            "n_features": int(self.X.shape[1]),
+            "continuing": self.continuing,
+            "has_X_val": self.X_val is not None,
+            "extremes": self.extremes,
+            "val_extremes": self.val_extremes,
+        }
+
+
+class _FitStart:
+    """What a fit starts from: data views, circuit, parameters, generator, shard."""
+
+    def __init__(self, generator):
+        self.generator = generator
+        self.shard = None
+        self.X_train = self.X_valid = None
+        self.graph = self.n_sums = self.layer = self.circuit = self.params = None
+
+
+def _check_same_facts(facts):
+    """Refuse processes whose rows disagree (the same error on every process: facts are shared)."""
+    features = [f["n_features"] for f in facts]
+    for rank, n_features in enumerate(features):
+        if n_features != features[0]:
+            raise DistributedError(
+                f"[rank {rank} of {len(facts)}] X has {n_features} features, but rank 0's X has {features[0]} "
+                f"(features of every rank: {features}); every process must pass rows of the same features."
+            )
+    for key, what in (("continuing", "continue a fitted model (warm_start or partial_fit)"), ("has_X_val", "pass X_val")):
+        flags = [f[key] for f in facts]
+        if len(set(flags)) > 1:
+            ranks = [rank for rank, flag in enumerate(flags) if flag]
+            raise DistributedError(
+                f"Only ranks {ranks} of {len(facts)} {what}; every process must do so, or none."
+            )
+
+
+def _global_leaf(data, facts):
+    """The leaf inferred from every process's column extremes (all that the
+    built-in families infer from: the largest count or state)."""
+    extremes = _combine_extremes([f["extremes"] for f in facts])
+    leaf = data.base_leaf if data.continuing else data.base_leaf.infer(extremes)
+    if data.X_val is not None or facts[0]["has_X_val"]:
+        val_extremes = _combine_extremes([f["val_extremes"] for f in facts])
+        leaf.validate(val_extremes)  # validation values the training rows' leaf cannot model
+    return leaf
+
+
+def _combine_extremes(parts):
+    """(2, D): the column-wise min and max over every process's (2, D) extremes (NaN: no observed entry)."""
+    stacked = np.stack([p for p in parts if p is not None])  # (P, 2, D)
+    return np.stack([np.fmin.reduce(stacked[:, 0], axis=0), np.fmax.reduce(stacked[:, 1], axis=0)])
+
+
+def _scan(rows, leaf, name, require_observed=True):
+    """Check every chunk of ``rows`` (ArrayRows) on the host: no inf, values
+    the leaf can model, some observed entry; returns the (2, D) column
+    extremes of the observed entries."""
+    low = np.full(rows.shape[1], np.nan)
+    high = np.full(rows.shape[1], np.nan)
+    for _, chunk in rows.chunks():
+        if np.isinf(chunk).any():
+            raise ValueError(f"{name} contains inf; replace it by a finite value, or by NaN to mark it missing.")
+        leaf.validate(chunk)
+        low = np.fmin(low, np.fmin.reduce(chunk, axis=0))
+        high = np.fmax(high, np.fmax.reduce(chunk, axis=0))
+    rows.release()
+    if require_observed and np.isnan(low).all():
+        raise ValueError(f"{name} has no observed entry (every value is NaN); a circuit cannot be fitted to no data.")
+    return np.stack([low, high])
+
+
+def _check_real(X, name):
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"{name} is a memmap of dtype {X.dtype}; pass a memmap of real numbers (int or float).")
+
+
+def _rows(X, rows, data, dtype):
+    """The rows ``rows`` (None: all) of X for training or scoring, converted a batch at a time."""
+    return ArrayRows(X, rows, dtype=dtype, device=data.device)
+
+
+def _init_sample_rows(train_rows, n_features):
+    """The training rows (sorted ids) the initialization sample holds: all of
+    them up to INIT_SAMPLE_ELEMENTS values, else evenly spaced ones."""
+    limit = max(1, INIT_SAMPLE_ELEMENTS // max(1, n_features))
+    if len(train_rows) <= limit:
+        return train_rows
+    positions = np.unique(np.linspace(0, len(train_rows) - 1, limit).round().astype(np.int64))
+    return train_rows[positions]

@@ -41,6 +41,7 @@ CHANGED = {
     "random_state": 99,
     "verbose": 0,
     "warm_start": True,
+    "distributed": False,
 }
 
 

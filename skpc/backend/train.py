@@ -31,12 +31,31 @@ batch's row indices; the default is the log-likelihood. Reduction hook:
 all-reduce for data-parallel training); it is applied to the expected
 statistics and objective totals before every M-step, to Adam's gradients,
 and to validation totals, so every process takes the same decisions.
+
+Data-parallel training (``skpc.backend.distributed``): each process holds a
+shard of the rows and passes its ``reduce`` and a :class:`RowShard`, where
+its rows sit in the global order. Mini-batches are then drawn as ONE global
+permutation of all training rows (the same generator on every process, the
+same draws as one process on all rows), and each process takes its share of
+every global batch, possibly none of it: every process joins every
+collective, and the statistics summed across processes are those of the
+global batch. Every figure a decision reads (epoch means, validation scores,
+non-finite checks) is reduced first, so every process stops at the same
+epoch with the same parameters.
+
+Data: the trainer reads rows through ``X[index]`` (an index tensor),
+``X.shape`` and ``X.device``: a torch tensor, or an :class:`ArrayRows`, which
+streams the rows of a numpy array (a ``numpy.memmap``) to the device a batch
+at a time, never materializing the array or a float copy of it.
 """
 
 import math
+import mmap
+import sys
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .em import e_step, log_likelihood, m_step
@@ -137,14 +156,47 @@ def _no_reduce(tensors):
     return None
 
 
-def batches(n_samples, batch_size, generator=None, device="cpu"):
-    """Index tensors of consecutive batches; shuffled when a generator is given."""
+@dataclass
+class RowShard:
+    """Where one process's rows sit among all processes' rows (data-parallel training).
+
+    Attributes
+    ----------
+    offset : int
+        The global position of this process's first row (rank 0's rows come first).
+    n_total : int
+        Rows of all processes together.
+    """
+
+    offset: int
+    n_total: int
+
+
+def batches(n_samples, batch_size, generator=None, device="cpu", shard=None):
+    """Index tensors of consecutive batches; shuffled when a generator is given.
+
+    With a :class:`RowShard`, the batches of a permutation of all
+    ``shard.n_total`` rows, each restricted to this process's ``n_samples``
+    rows (local indices; some may be empty): every process draws the same
+    permutation, so together they take the batches one process would.
+    """
+    n_total = n_samples if shard is None else shard.n_total
     if generator is None:
-        order = torch.arange(n_samples, device=device)
+        order = torch.arange(n_total, device=device)
     else:
-        order = torch.randperm(n_samples, generator=generator, device=generator.device).to(device)
-    step = n_samples if batch_size is None else batch_size
-    return [order[i : i + step] for i in range(0, n_samples, step)]
+        order = torch.randperm(n_total, generator=generator, device=generator.device).to(device)
+    step = n_total if batch_size is None else batch_size
+    parts = [order[i : i + step] for i in range(0, n_total, step)]
+    if shard is None:
+        return parts
+    return [part[(part >= shard.offset) & (part < shard.offset + n_samples)] - shard.offset for part in parts]
+
+
+def _chunks(n_samples, chunk_size, device):
+    """Consecutive index chunks of ``n_samples`` rows; one empty chunk when there is no row
+    (a process without rows still joins the collectives with zero statistics)."""
+    parts = batches(n_samples, chunk_size, device=device)
+    return parts if parts else [torch.arange(0, device=device)]
 
 
 def _check_finite(value):
@@ -168,6 +220,11 @@ class _Totals:
         return float(figures[0] / figures[1])
 
 
+def _figures(total, rows, device):
+    """(objective total, rows) as a float64 tensor, to reduce with the statistics."""
+    return torch.tensor([float(total), float(rows)], dtype=torch.float64, device=device)
+
+
 class Trainer:
     """Trains a circuit's parameters on a data set by a :class:`Schedule`.
 
@@ -183,6 +240,9 @@ class Trainer:
         Evidence on internal regions for the training rows and for the
         validation rows (e.g. ``em.LatentEvidence``: materialized latents,
         LVD's training on the joint likelihood of X and Z).
+    shard : RowShard or None
+        This process's place among all processes' training rows
+        (data-parallel training with ``reduce``); None: X holds every row.
     """
 
     def __init__(
@@ -196,8 +256,10 @@ class Trainer:
         on_batch=None,
         evidence=None,
         valid_evidence=None,
+        shard=None,
     ):
         self.circuit = circuit
+        self.shard = shard
         self.schedule = schedule
         self.objective = objective
         self.valid_objective = valid_objective if valid_objective is not None else objective
@@ -213,61 +275,79 @@ class Trainer:
         validation objective and evidence unless others are given."""
         objective = objective if objective is not None else self.valid_objective
         evidence = evidence if evidence is not None else self.valid_evidence
-        output = self.circuit.log_prob_in_chunks(X, params, evidence)
-        total = float(objective(output, torch.arange(X.shape[0], device=X.device)).sum())
+        total = 0.0
+        if X.shape[0] > 0:  # a process may hold no validation row; it still joins the reduction
+            output = self.circuit.log_prob_in_chunks(X, params, evidence)
+            total = float(objective(output, torch.arange(X.shape[0], device=X.device)).sum())
         return _Totals(self.reduce, X.device).mean(total, X.shape[0])
 
     # -------------------------------------------------------------- epochs
-    def _full_batch_em_epoch(self, X, params, learning_rate):
+    def em_step(self, X, params, learning_rate):
+        """One EM update from the statistics of all rows of X (reduced across
+        processes), with step size ``learning_rate`` in (0, 1]: full-batch EM
+        (step 1), or one stochastic-EM step on the batch X (``partial_fit``).
+
+        Returns (new parameters, mean objective of the rows at ``params``).
+        """
         stats, total = None, 0.0
-        for idx in batches(X.shape[0], self.circuit.chunk_size(), device=X.device):
+        for idx in _chunks(X.shape[0], self.circuit.chunk_size(), X.device):
             value, batch_stats = e_step(self.circuit, X[idx], params, self.objective, idx, self.evidence)
             total += float(value.sum())
             if stats is None:
                 stats = batch_stats
             else:
                 stats += batch_stats
-        mean = _Totals(self.reduce, X.device).mean(total, X.shape[0])
-        _check_finite(mean)
+        figures = _figures(total, X.shape[0], X.device)
+        self.reduce([figures])
         self.reduce(stats.tensors())
+        mean = float(figures[0] / figures[1])
+        _check_finite(mean)
         return m_step(self.circuit, params, stats, learning_rate), mean
 
+    def _full_batch_em_epoch(self, X, params, learning_rate):
+        return self.em_step(X, params, learning_rate)
+
     def _stochastic_em_epoch(self, X, params, learning_rate, generator, epoch):
-        parts = batches(X.shape[0], self.schedule.batch_size, generator, X.device)
-        total = 0.0
+        parts = batches(X.shape[0], self.schedule.batch_size, generator, X.device, self.shard)
+        total, rows = 0.0, 0.0
         for i, idx in enumerate(parts):
             value, stats = e_step(self.circuit, X[idx], params, self.objective, idx, self.evidence)
-            batch_total = float(value.sum())
-            _check_finite(batch_total)
-            total += batch_total
+            figures = _figures(value.sum(), len(idx), X.device)
+            self.reduce([figures])  # the global batch's totals and statistics
             self.reduce(stats.tensors())
+            batch_total, batch_rows = float(figures[0]), float(figures[1])
+            _check_finite(batch_total)
+            total, rows = total + batch_total, rows + batch_rows
             params = m_step(self.circuit, params, stats, learning_rate)
             if self.on_batch is not None:
-                self.on_batch(epoch, i, len(parts), batch_total / len(idx))
-        return params, _Totals(self.reduce, X.device).mean(total, X.shape[0])
+                self.on_batch(epoch, i, len(parts), batch_total / batch_rows)
+        return params, float(total / rows)
 
     def _adam_epoch(self, X, state, generator, epoch):
         tensors, optimizer, params_like = state
-        parts = batches(X.shape[0], self.schedule.batch_size, generator, X.device)
-        total = 0.0
+        parts = batches(X.shape[0], self.schedule.batch_size, generator, X.device, self.shard)
+        total, rows = 0.0, 0.0
         for i, idx in enumerate(parts):
             optimizer.zero_grad()
             masks = self.evidence(idx) if self.evidence is not None else None
             output = self.circuit.log_prob(X[idx], constrain(self.circuit, params_like, tensors), masks)
             value = self.objective(output, idx)
-            batch_total = float(value.detach().sum())
+            figures = _figures(value.detach().sum(), len(idx), X.device)
+            self.reduce([figures])
+            batch_total, batch_rows = float(figures[0]), float(figures[1])
             _check_finite(batch_total)
-            rows = torch.tensor([float(len(idx))], dtype=torch.float64, device=X.device)
-            self.reduce([rows])
-            (-value.sum() / float(rows)).backward()  # the mean over the (global) batch
+            (-value.sum() / batch_rows).backward()  # the mean over the (global) batch
+            for t in tensors:  # a process without rows in the batch contributes zeros
+                if t.grad is None:
+                    t.grad = torch.zeros_like(t)
             self.reduce([t.grad for t in tensors])
             optimizer.step()
-            total += batch_total
+            total, rows = total + batch_total, rows + batch_rows
             if self.on_batch is not None:
-                self.on_batch(epoch, i, len(parts), batch_total / len(idx))
+                self.on_batch(epoch, i, len(parts), batch_total / batch_rows)
         with torch.no_grad():
             params = detach_params(self.circuit, constrain(self.circuit, params_like, tensors))
-        return params, _Totals(self.reduce, X.device).mean(total, X.shape[0])
+        return params, float(total / rows)
 
     # ----------------------------------------------------------------- fit
     def fit(self, params, X, generator, X_valid=None):
@@ -278,7 +358,8 @@ class Trainer:
         TrainingResult
         """
         s = self.schedule
-        stochastic = s.batch_size is not None and s.batch_size < X.shape[0]
+        n_total = X.shape[0] if self.shard is None else self.shard.n_total
+        stochastic = s.batch_size is not None and s.batch_size < n_total
         run = _Run(self, X, X_valid, generator, params)
         if s.optimizer == "adam":
             learning_rate = s.learning_rate if s.learning_rate is not None else DEFAULT_ADAM_LEARNING_RATE
@@ -385,3 +466,146 @@ class _PhaseState:
             self.waited += 1
         return improved
 
+
+
+# ---------------------------------------------------------------- data
+# File pages of a memory map that were read are released from this process
+# once this many bytes were read since the last release: they stay in the
+# page cache (a second epoch reads them from memory), but not in the
+# process's resident set, which a memory-mapped file would otherwise fill.
+RELEASE_BYTES = 2**25
+# Elements (rows x features) per chunk when a whole array is scanned on the host.
+SCAN_ELEMENTS = 2**20
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim(0)``, or None elsewhere.
+
+    Streaming allocates and frees a chunk-sized array per batch; glibc then
+    raises its mmap threshold to that size and serves the chunks from the
+    heap, which fragments and keeps growing (measured: 100 to 250 MiB more
+    peak RSS, run to run, over a 200 MB memmap). Trimming when the memory
+    map's pages are released hands the free heap pages back as well.
+    """
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
+
+
+_TRIM = _malloc_trim() if sys.platform.startswith("linux") else None
+
+
+def trim_heap():
+    """Hand the C heap's free pages back to the system (glibc; a no-op elsewhere): after the
+    large temporaries of a streaming fit's initialization, so that they do not stay resident."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+def _find_mmap(array):
+    """(the mmap.mmap under a numpy array, whether its pages may be released), or (None, False)."""
+    releasable, node = True, array
+    while node is not None:
+        if isinstance(node, mmap.mmap):
+            return node, releasable
+        if getattr(node, "mode", None) == "c":  # a private (copy-on-write) map: releasing drops writes
+            releasable = False
+        node = getattr(node, "base", None)
+    return None, False
+
+
+class ArrayRows:
+    """The rows of a 2-D numpy array (e.g. a ``numpy.memmap``), read on demand.
+
+    ``rows[index]`` (an index tensor) converts just those rows to a (B, D)
+    tensor of ``dtype`` on ``device``; ``shape`` and ``device`` are those of
+    the tensor the rows would make. What the trainer and
+    ``CompiledCircuit.log_prob_in_chunks`` read: a full-batch pass reads
+    ``chunk_size()`` rows at a time, a stochastic epoch one mini-batch at a
+    time, so a data set larger than memory streams through. Pages of a
+    memory map are released every ``RELEASE_BYTES`` read (see there).
+
+    Parameters
+    ----------
+    array : ndarray of shape (n_rows, n_features), any real dtype
+    rows : int ndarray of shape (n,) or None
+        The rows of ``array`` this view holds, in order; None: all.
+    dtype : torch.dtype
+    device : torch.device or str
+    """
+
+    def __init__(self, array, rows=None, dtype=torch.float32, device="cpu"):
+        self.array = array
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        n = array.shape[0] if rows is None else len(self.rows)
+        self.shape = (n, array.shape[1])
+        self._mmap, self._releasable = _find_mmap(array)
+        self._unreleased = 0
+
+    def __len__(self):
+        return self.shape[0]
+
+    def _source_rows(self, index):
+        index = np.asarray(index.cpu() if torch.is_tensor(index) else index, dtype=np.int64)
+        return index if self.rows is None else self.rows[index]
+
+    def read(self, index, dtype=np.float64):
+        """The rows ``index`` (local positions) as a new numpy array of ``dtype``."""
+        source = self._source_rows(index)
+        if self._mmap is None or not self._releasable:
+            return self._gather(source, dtype)
+        # a memory map: in pieces of at most RELEASE_BYTES of pages, released in between
+        row_bytes = max(self.array.shape[1] * self.array.dtype.itemsize, mmap.PAGESIZE)
+        step = max(1, RELEASE_BYTES // row_bytes)
+        if len(source) <= step:
+            block = self._gather(source, dtype)
+            self._account(len(source))
+            return block
+        block = np.empty((len(source), self.array.shape[1]), dtype=dtype)
+        for start in range(0, len(source), step):
+            block[start : start + step] = self._gather(source[start : start + step], dtype)
+            self._account(min(step, len(source) - start))
+        return block
+
+    def _gather(self, source, dtype):
+        if len(source) and source[-1] - source[0] + 1 == len(source) and np.all(np.diff(source) == 1):
+            return np.array(self.array[source[0] : source[-1] + 1], dtype=dtype)  # contiguous: one slice
+        return np.asarray(self.array[source], dtype=dtype)  # fancy indexing copies just these rows
+
+    def __getitem__(self, index):
+        block = self.read(index, dtype=torch.empty(0, dtype=self.dtype).numpy().dtype)
+        return torch.from_numpy(block).to(self.device)
+
+    def chunks(self, n_rows=None):
+        """(start, float64 ndarray) of consecutive chunks of the rows, for checks on the host."""
+        n_rows = n_rows or max(1, SCAN_ELEMENTS // max(1, self.shape[1]))
+        for start in range(0, self.shape[0], n_rows):
+            yield start, self.read(np.arange(start, min(start + n_rows, self.shape[0])))
+
+    def subset(self, positions):
+        """The view of the rows at ``positions`` (local) of this one."""
+        rows = np.asarray(positions, dtype=np.int64) if self.rows is None else self.rows[positions]
+        return ArrayRows(self.array, rows, self.dtype, self.device)
+
+    def _account(self, n_read):
+        if self._mmap is None or not self._releasable:
+            return
+        row_bytes = self.array.shape[1] * self.array.dtype.itemsize
+        self._unreleased += n_read * max(row_bytes, mmap.PAGESIZE)
+        if self._unreleased >= RELEASE_BYTES:
+            self.release()
+
+    def release(self):
+        """Drop the memory map's pages from this process's resident set (they stay in the page cache)."""
+        if self._mmap is not None and self._releasable and hasattr(self._mmap, "madvise"):
+            self._mmap.madvise(mmap.MADV_DONTNEED)
+            if _TRIM is not None:
+                _TRIM(0)
+        self._unreleased = 0
