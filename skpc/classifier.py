@@ -134,7 +134,8 @@ default="empirical"
             )
         class_count = np.bincount(y_index, minlength=len(classes)).astype(np.float64)
         class_prior = self._class_prior(class_count)
-        template = self._template()
+        # one leaf for every class, inferred from all rows
+        template = self._with_shared_leaf(self._template(), X)
         estimators = self._seed_clones([clone(template) for _ in classes])
         # Each class's density sees only that class's rows: p(x | y = c).
         for i, estimator in enumerate(estimators):

@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_array
 
 from ._compat import Interval, StrOptions, _fit_context, validate_data
 from .backend.circuit import PARTITION_LAYERS, CompiledCircuit
-from .backend.leaves import LEAF_FAMILIES, ExponentialFamilyLeaf, resolve_leaf
+from .backend.leaves import LEAF_NAMES, AutoLeaf, ExponentialFamilyLeaf, resolve_leaf
 from .backend.distributed import DistributedError, agree_on, local_part, params_to, resolve_process_group, row_offsets
 from .backend.train import DEFAULT_EM_LEARNING_RATE, ArrayRows, RowShard, Schedule, Trainer, trim_heap
 from .base import (
@@ -60,8 +60,12 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         child vectors (K^3 weights per partition); "cp" (Hadamard) multiplies
         them elementwise, then sums with K x K weights (cheaper, as in
         hidden Chow-Liu trees).
-    leaf : str, leaf instance, dict or list, default="gaussian"
-        Univariate family of the leaves: "gaussian" (real values),
+    leaf : str, leaf instance, dict or list, default="auto"
+        Univariate family of the leaves: "auto" (chosen per column from the
+        training rows: non-negative integers below 256, such as 8-bit
+        pixels, get categorical leaves sharing one number of states, every
+        other column Gaussian leaves; see ``skpc.backend.AutoLeaf``),
+        "gaussian" (real values),
         "bernoulli" ({0, 1}), "categorical" ({0, ..., n_categories - 1}),
         "binomial" (counts {0, ..., n_trials}), "poisson" (counts
         {0, 1, ...}); or an instance of a subclass of
@@ -191,7 +195,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         "n_repetitions": [Interval(Integral, 1, None, closed="left")],
         "n_sums": [Interval(Integral, 1, None, closed="left")],
         "layer": [StrOptions(set(PARTITION_LAYERS))],
-        "leaf": [StrOptions(set(LEAF_FAMILIES)), ExponentialFamilyLeaf, dict, list, tuple],
+        "leaf": [StrOptions(set(LEAF_NAMES)), ExponentialFamilyLeaf, dict, list, tuple],
         "n_categories": [Interval(Integral, 2, None, closed="left"), None],
         "n_trials": [Interval(Integral, 1, None, closed="left"), None],
         "min_var": [Interval(Real, 0, None, closed="neither")],
@@ -231,7 +235,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         n_repetitions=10,
         n_sums=10,
         layer="einsum",
-        leaf="gaussian",
+        leaf="auto",
         n_categories=None,
         n_trials=None,
         min_var=1e-4,
@@ -537,7 +541,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
                 data.leaf = base.infer(X)
         else:
             data.base_leaf = base
-            data.extremes = _scan(ArrayRows(X), base, "X")
+            data.extremes, data.integral = _scan(ArrayRows(X), base, "X")
         data.device = resolve_device(self.device)
         data.dtype = resolve_dtype(self.dtype)
         if X_val is not None:
@@ -561,7 +565,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
             check_no_inf(X_val)
             data.leaf.validate(X_val)
             return X_val, None
-        return X_val, _scan(ArrayRows(X_val), data.base_leaf, "X_val", require_observed=False)
+        return X_val, _scan(ArrayRows(X_val), data.base_leaf, "X_val", require_observed=False)[0]
 
     def _start(self, comm, data, hold_out):
         """Seeds, validation split, structure and initial parameters: the
@@ -720,6 +724,7 @@ class _FitData:
         self.leaf = None  # inferred (after agreement, from the global extremes, unless legacy)
         self.base_leaf = None
         self.extremes = None  # (2, D): column min and max of the observed entries (NaN: none)
+        self.integral = None  # (D,) bool: every observed entry of the column an integer
         self.val_extremes = None
         self.device = self.dtype = None
         self.counts = None  # rows of every process
@@ -733,6 +738,7 @@ class _FitData:
             "continuing": self.continuing,
             "has_X_val": self.X_val is not None,
             "extremes": self.extremes,
+            "integral": self.integral,
             "val_extremes": self.val_extremes,
         }
 
@@ -769,7 +775,11 @@ def _global_leaf(data, facts):
     """The leaf inferred from every process's column extremes (all that the
     built-in families infer from: the largest count or state)."""
     extremes = _combine_extremes([f["extremes"] for f in facts])
-    leaf = data.base_leaf if data.continuing else data.base_leaf.infer(extremes)
+    base = data.base_leaf
+    if isinstance(base, AutoLeaf) and not data.continuing:
+        integral = np.logical_and.reduce([f["integral"] for f in facts if f["integral"] is not None])
+        base = base.resolve_from_summary(extremes[0], extremes[1], integral)
+    leaf = base if data.continuing else base.infer(extremes)
     if data.X_val is not None or facts[0]["has_X_val"]:
         val_extremes = _combine_extremes([f["val_extremes"] for f in facts])
         leaf.validate(val_extremes)  # validation values the training rows' leaf cannot model
@@ -785,19 +795,22 @@ def _combine_extremes(parts):
 def _scan(rows, leaf, name, require_observed=True):
     """Check every chunk of ``rows`` (ArrayRows) on the host: no inf, values
     the leaf can model, some observed entry; returns the (2, D) column
-    extremes of the observed entries."""
+    extremes of the observed entries and whether each column's observed
+    entries are all integers."""
     low = np.full(rows.shape[1], np.nan)
     high = np.full(rows.shape[1], np.nan)
+    integral = np.ones(rows.shape[1], dtype=bool)  # every observed value an integer (for leaf="auto")
     for _, chunk in rows.chunks():
         if np.isinf(chunk).any():
             raise ValueError(f"{name} contains inf; replace it by a finite value, or by NaN to mark it missing.")
         leaf.validate(chunk)
         low = np.fmin(low, np.fmin.reduce(chunk, axis=0))
         high = np.fmax(high, np.fmax.reduce(chunk, axis=0))
+        integral &= np.all(np.isnan(chunk) | (chunk == np.round(chunk)), axis=0)
     rows.release()
     if require_observed and np.isnan(low).all():
         raise ValueError(f"{name} has no observed entry (every value is NaN); a circuit cannot be fitted to no data.")
-    return np.stack([low, high])
+    return np.stack([low, high]), integral
 
 
 def _check_real(X, name):

@@ -2,9 +2,11 @@
 outlier detector and the classifier)."""
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.utils import check_random_state, get_tags
 
 from ._compat import validate_data
+from .backend.leaves import resolve_leaf
 from .einet import EinsumNetworkDensity
 
 
@@ -47,6 +49,22 @@ class DensityWrapperMixin:
 
     def _template(self):
         return EinsumNetworkDensity() if self.estimator is None else self.estimator
+
+    @staticmethod
+    def _with_shared_leaf(template, X):
+        """A copy of ``template`` whose ``leaf`` is the family inferred from all
+        rows X (n_samples, n_features), when it has a ``leaf`` parameter.
+
+        Inner clones fitted on parts of X (a class's rows) would otherwise
+        infer their own categories, trials or families ("auto") and refuse
+        the rows of another part at prediction time.
+        """
+        params = template.get_params(deep=False)
+        if "leaf" not in params:
+            return clone(template)
+        options = {key: params[key] for key in ("min_var", "max_var", "n_categories", "n_trials") if key in params}
+        leaf = resolve_leaf(params["leaf"], X.shape[1], **options).infer(X)
+        return clone(template).set_params(leaf=leaf)
 
     def _allow_nan(self):
         return get_tags(self._template()).input_tags.allow_nan

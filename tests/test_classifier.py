@@ -237,3 +237,17 @@ def test_seeded_classifier_survives_clone_and_pickle(rng):
     restored = pickle.loads(pickle.dumps(clf))
     np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
     np.testing.assert_array_equal(restored.predict(X), clf.predict(X))
+
+
+def test_classes_share_the_leaf_inferred_from_all_rows():
+    # class 0 only shows levels 0..3, class 1 levels 2..7: with leaf="auto" (and
+    # with "categorical", n_categories=None) every class's density must still
+    # score the other class's levels
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.integers(0, 4, (60, 3)), rng.integers(2, 8, (60, 3))].astype(float)
+    y = np.r_[np.zeros(60), np.ones(60)]
+    for leaf in ("auto", "categorical"):
+        density = EinsumNetworkDensity(leaf=leaf, n_sums=2, n_repetitions=2, max_iter=5, tol=None, random_state=0)
+        clf = EinsumNetworkClassifier(density, random_state=0).fit(X, y)
+        assert all(est.leaf_.n_categories == 8 for est in clf.estimators_)
+        assert clf.score(X, y) > 0.9

@@ -56,15 +56,32 @@ class AutoLeaf:
         observed = column[~np.isnan(column)]
         if observed.size == 0:
             return "gaussian"
-        integral = bool(np.all(observed == np.round(observed)) and observed.min() >= 0)
-        if integral and observed.max() < AUTO_MAX_CATEGORIES:
-            return "categorical"
-        return "gaussian"
+        integral = bool(np.all(observed == np.round(observed)))
+        return AutoLeaf._family(observed.min(), observed.max(), integral)
+
+    @staticmethod
+    def _family(low, high, integral):
+        if np.isnan(low) or not integral or low < 0 or high >= AUTO_MAX_CATEGORIES:
+            return "gaussian"
+        return "categorical"
+
+    def validate(self, X, columns=None):
+        """Every finite value is modelled by some family: nothing to refuse here."""
+        return None
 
     def infer(self, X):
+        """The concrete leaf for the training rows X (n_samples, n_features)."""
         X = np.asarray(X, dtype=np.float64)
         families = [self.family_of(X[:, j]) for j in range(X.shape[1])]
         return resolve_leaf(families, X.shape[1], **self.options).infer(X)
+
+    def resolve_from_summary(self, low, high, integral):
+        """The (unfitted) concrete leaf from column summaries, for data seen a
+        chunk or a process at a time: low, high (n_features,) the smallest and
+        largest observed values (NaN: none), integral (n_features,) bool,
+        whether every observed value is an integer."""
+        families = [self._family(lo, hi, bool(ok)) for lo, hi, ok in zip(low, high, integral)]
+        return resolve_leaf(families, len(families), **self.options)
 
 
 def _named_family(name, options):
