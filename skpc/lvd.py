@@ -528,7 +528,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         X = self._validate_fitted(X)
         circuit, params = self._circuit, self._query_params()
         Xt = self._to_query_tensor(X)
-        step = circuit.chunk_size()
+        step = circuit.sampling_chunk_size()  # a pass that keeps every store, as backtracking does
         out = [
             circuit.region_posteriors(Xt[i : i + step], params, self.group_regions_).cpu().numpy()
             for i in range(0, Xt.shape[0], step)
