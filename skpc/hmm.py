@@ -508,7 +508,7 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (n_prefixes, n_tokens_), float64
+        ndarray of shape (n_prefixes, ``n_tokens_``), float64
             ``p(x_{t+1} = v | prefix)``; rows sum to one.
         """
         check_is_fitted(self, "params_")

@@ -259,7 +259,7 @@ class TokenWindows(TransformerMixin, BaseEstimator):
         return [[names[i] for i in row if i >= 0] for row in X]
 
     def get_feature_names_out(self, input_features=None):
-        """The tokens, by id: ndarray of shape (n_tokens_,), object."""
+        """The tokens, by id: ndarray of shape (``n_tokens_``,), object."""
         check_is_fitted(self, "vocabulary_")
         names = np.empty(len(self.vocabulary_), dtype=object)
         for tok, i in self.vocabulary_.items():
