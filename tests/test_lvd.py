@@ -387,3 +387,25 @@ def test_validation_rows_given_train_on_all_rows():
     assert len(model.validation_scores_) == len(model.train_scores_) >= 1
     with pytest.raises(ValueError, match="early_stopping=False"):
         clone(model).set_params(early_stopping=False).fit(X[:250], X_val=X[250:])
+
+
+def test_groups_are_independent_given_the_codes():
+    # the materialization behind Lemma 1: log p(x | z) = sum_i log p(x_i | z_i),
+    # each group scored alone (the others marginalized) under the same codes
+    model, X = fit_binary("rat")
+    circuit, params = model._circuit, model._query_params()
+    rows = torch.tensor(X[:12], dtype=torch.float64)
+    codes = torch.tensor(np.random.default_rng(3).integers(0, 2, (12, 3)))
+    evidence = LatentEvidence(model.group_regions_, codes, 2)(torch.arange(12))
+
+    def log_joint(data):
+        return circuit.log_prob(data, params, evidence=evidence).numpy()
+
+    log_codes = log_joint(torch.full_like(rows, float("nan")))  # log p(z): every feature marginalized
+    conditional = log_joint(rows) - log_codes
+    per_group = np.zeros(12)
+    for group in model.groups_:
+        alone = torch.full_like(rows, float("nan"))
+        alone[:, group] = rows[:, group]
+        per_group += log_joint(alone) - log_codes
+    np.testing.assert_allclose(conditional, per_group, atol=1e-10)
