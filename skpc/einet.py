@@ -25,7 +25,14 @@ from .base import (
     warn_not_converged,
 )
 from .queries import CircuitQueriesMixin, check_no_inf, score_in_batches
-from .structure import RegionGraph, chow_liu_tree, hclt_region_graph, poon_domingos, random_binary_trees
+from .structure import (
+    RegionGraph,
+    chow_liu_tree,
+    hclt_region_graph,
+    merge_region_graphs,
+    poon_domingos,
+    random_binary_trees,
+)
 
 
 class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, BaseEstimator):
@@ -53,6 +60,16 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         ``min(4, floor(log2(n_features)))``.
     n_repetitions : int, default=10
         R, the number of random binary trees.
+    n_hclt : int, default=1
+        With ``structure="hclt"``: n > 1 learns n Chow-Liu trees, each on a
+        bootstrap resample of the training rows and rooted at a random
+        variable (distinct ones while n <= n_features; both drawn from the
+        structure seed of ``random_state``), and merges their region graphs
+        (:func:`skpc.structure.merge_region_graphs`): the root mixes one
+        split per tree (n of them while n <= n_features), regions with the
+        same scope are shared and mix the trees' splits of it, so the
+        circuit is a mixture of HCLTs. 1: one tree on all the rows, rooted
+        at variable 0. Must be 1 with other structures.
     n_sums : int, default=10
         K, the number of densities per region.
     layer : {"einsum", "cp"}, default="einsum"
@@ -121,6 +138,21 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         the best parameters while they improve the score (0: none). They
         bring leaves with many states to the full-batch fixed point, which
         mini-batches of 100 rows cannot reach.
+    pseudocount : float, default=0.0
+        MAP-EM (EM only; ignored by Adam): a symmetric Dirichlet pseudocount
+        added to the expected count of every sum weight, and a conjugate
+        prior worth ``pseudocount`` pseudo-observations on every leaf
+        density. Its mean: the uniform distribution for Bernoulli, binomial
+        (p = 1/2) and categorical leaves; for Gaussian and Poisson leaves the
+        variable's data-wide mean statistics (the posterior-weighted mean,
+        and for Gaussians second moment, of the variable pooled over the
+        leaf region's densities), so means and variances are pulled toward
+        the variable's. A density or weight that sees no data moves to the
+        prior instead of keeping its value. It is the prior of the whole
+        training set: a mini-batch adds its share, ``pseudocount *
+        batch_rows / n_train_rows``; a ``partial_fit`` call adds all of it.
+        0 is maximum-likelihood EM. Small data sets (tens of rows) gain
+        from e.g. 0.1 to 1.
     device : {"cpu", "cuda", "auto"} or "cuda:N", default="cpu"
         Where the circuit runs; "auto" picks CUDA when available. Results are
         always returned as numpy float64 arrays.
@@ -193,6 +225,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         "structure": [StrOptions({"rat", "pd", "hclt"}), RegionGraph],
         "depth": [Interval(Integral, 0, None, closed="left"), None],
         "n_repetitions": [Interval(Integral, 1, None, closed="left")],
+        "n_hclt": [Interval(Integral, 1, None, closed="left")],
         "n_sums": [Interval(Integral, 1, None, closed="left")],
         "layer": [StrOptions(set(PARTITION_LAYERS))],
         "leaf": [StrOptions(set(LEAF_NAMES)), ExponentialFamilyLeaf, dict, list, tuple],
@@ -212,6 +245,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left"), None],
         "max_full_batch_iter": [Interval(Integral, 0, None, closed="left")],
+        "pseudocount": [Interval(Real, 0, None, closed="left")],
         "device": [str],
         "dtype": [StrOptions({"float32", "float64"})],
         "random_state": ["random_state"],
@@ -222,7 +256,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
 
     # What defines the circuit: a warm start must find these as they were fitted.
     _circuit_parameters = (
-        "structure", "depth", "n_repetitions", "n_sums", "layer", "leaf", "n_categories", "n_trials",
+        "structure", "depth", "n_repetitions", "n_hclt", "n_sums", "layer", "leaf", "n_categories", "n_trials",
         "min_var", "max_var", "image_shape", "pd_delta", "pd_vertical_only",
     )  # fmt: skip
 
@@ -233,6 +267,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         structure="rat",
         depth=None,
         n_repetitions=10,
+        n_hclt=1,
         n_sums=10,
         layer="einsum",
         leaf="auto",
@@ -252,6 +287,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         n_iter_no_change=3,
         tol=1e-4,
         max_full_batch_iter=50,
+        pseudocount=0.0,
         device="cpu",
         dtype="float32",
         random_state=None,
@@ -262,6 +298,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         self.structure = structure
         self.depth = depth
         self.n_repetitions = n_repetitions
+        self.n_hclt = n_hclt
         self.n_sums = n_sums
         self.layer = layer
         self.leaf = leaf
@@ -281,6 +318,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.max_full_batch_iter = max_full_batch_iter
+        self.pseudocount = pseudocount
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
@@ -312,6 +350,11 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
     def _build_graph(self, X, leaf, random_state):
         """The region graph for the training rows X (n_samples, n_features)."""
         n_features = X.shape[1]
+        if self.n_hclt != 1 and not (isinstance(self.structure, str) and self.structure == "hclt"):
+            raise ValueError(
+                f"n_hclt={self.n_hclt} builds a mixture of hidden Chow-Liu trees, which needs structure='hclt'; "
+                "use structure='hclt' or n_hclt=1."
+            )
         if isinstance(self.structure, RegionGraph):
             graph = self.structure
             if graph.n_variables != n_features:
@@ -329,7 +372,21 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         if self.structure == "hclt":
             families = getattr(leaf, "families", [leaf] * n_features)  # one per column
             kinds = ["discrete" if family.discrete else "gaussian" for family in families]
-            return hclt_region_graph(*chow_liu_tree(X, kind=kinds))
+            if self.n_hclt == 1:
+                return hclt_region_graph(*chow_liu_tree(X, kind=kinds))
+            # one tree per bootstrap resample of the rows, each rooted at another
+            # variable (while there are enough): distinct root splits, a mixture of HCLTs
+            rng = np.random.default_rng(random_state)
+            n_rows = X.shape[0]
+            if self.n_hclt <= n_features:
+                roots = rng.permutation(n_features)[: self.n_hclt]
+            else:
+                roots = rng.integers(0, n_features, size=self.n_hclt)
+            graphs = [
+                hclt_region_graph(*chow_liu_tree(X[rng.integers(0, n_rows, size=n_rows)], kind=kinds, root=int(r)))
+                for r in roots
+            ]
+            return merge_region_graphs(graphs)
         depth = self.depth
         if depth is None:
             depth = min(4, int(math.floor(math.log2(n_features)))) if n_features > 1 else 0
@@ -367,6 +424,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
             tol=self.tol,
             n_iter_no_change=self.n_iter_no_change,
             max_full_batch_iter=self.max_full_batch_iter,
+            pseudocount=float(self.pseudocount),
         )
 
     def _validation_split(self, n_samples, seeds):

@@ -51,6 +51,7 @@ at a time, never materializing the array or a float copy of it.
 
 import math
 import mmap
+import numbers
 import sys
 import time
 from dataclasses import dataclass, field
@@ -88,6 +89,13 @@ class Schedule:
         Epochs without improvement that make a plateau.
     max_full_batch_iter : int
         Epochs of the full-batch phase at most (0: none).
+    pseudocount : float >= 0
+        MAP-EM (``em.m_step``): a symmetric Dirichlet pseudocount on every sum
+        weight and a conjugate prior worth this many pseudo-observations on
+        every leaf density; 0 is maximum-likelihood EM. The prior is that of
+        all training rows: a mini-batch of B of the N training rows adds
+        ``pseudocount * B / N`` (after the statistics are summed across
+        processes), so one epoch adds it once. Ignored by Adam.
     """
 
     optimizer: str = "em"
@@ -97,6 +105,12 @@ class Schedule:
     tol: object = 1e-4
     n_iter_no_change: int = 3
     max_full_batch_iter: int = 50
+    pseudocount: float = 0.0
+
+    def __post_init__(self):
+        value = self.pseudocount
+        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"pseudocount={self.pseudocount!r} must be a finite number >= 0 (0: plain EM).")
 
 
 @dataclass
@@ -286,6 +300,8 @@ class Trainer:
         """One EM update from the statistics of all rows of X (reduced across
         processes), with step size ``learning_rate`` in (0, 1]: full-batch EM
         (step 1), or one stochastic-EM step on the batch X (``partial_fit``).
+        The schedule's full ``pseudocount`` is added: X is taken for the
+        whole training set (``partial_fit`` cannot know the stream's size).
 
         Returns (new parameters, mean objective of the rows at ``params``).
         """
@@ -302,13 +318,14 @@ class Trainer:
         self.reduce(stats.tensors())
         mean = float(figures[0] / figures[1])
         _check_finite(mean)
-        return m_step(self.circuit, params, stats, learning_rate), mean
+        return m_step(self.circuit, params, stats, learning_rate, self.schedule.pseudocount), mean
 
     def _full_batch_em_epoch(self, X, params, learning_rate):
         return self.em_step(X, params, learning_rate)
 
     def _stochastic_em_epoch(self, X, params, learning_rate, generator, epoch):
         parts = batches(X.shape[0], self.schedule.batch_size, generator, X.device, self.shard)
+        n_total = X.shape[0] if self.shard is None else self.shard.n_total
         total, rows = 0.0, 0.0
         for i, idx in enumerate(parts):
             value, stats = e_step(self.circuit, X[idx], params, self.objective, idx, self.evidence)
@@ -318,7 +335,9 @@ class Trainer:
             batch_total, batch_rows = float(figures[0]), float(figures[1])
             _check_finite(batch_total)
             total, rows = total + batch_total, rows + batch_rows
-            params = m_step(self.circuit, params, stats, learning_rate)
+            # the batch's share of the prior, added once to the summed statistics
+            pseudocount = self.schedule.pseudocount * batch_rows / n_total
+            params = m_step(self.circuit, params, stats, learning_rate, pseudocount)
             if self.on_batch is not None:
                 self.on_batch(epoch, i, len(parts), batch_total / batch_rows)
         return params, float(total / rows)

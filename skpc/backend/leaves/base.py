@@ -303,7 +303,7 @@ class ExponentialFamilyLeaf:
         return self.n_stats + 1 + int(self.has_base_measure)
 
     # ---------------------------------------------------------------- M-step
-    def m_step(self, phi, stats, counts, learning_rate):
+    def m_step(self, phi, stats, counts, learning_rate, pseudocount=0.0):
         """phi after one (stochastic) EM update with step size ``learning_rate`` in (0, 1].
 
         Parameters
@@ -315,27 +315,54 @@ class ExponentialFamilyLeaf:
         counts : (L, S, K) tensor
             ``sum_b obs * p(leaf | x_b)``.
         learning_rate : float
+        pseudocount : float >= 0, default=0.0
+            a: MAP-EM under the conjugate prior worth a pseudo-observations
+            whose mean statistics are ``prior_mean(phi, stats, counts)``
+            (see ``_maximize``); 0: maximum likelihood.
 
         Returns
         -------
         (L, S, K, T) tensor
             ``project(lerp(phi, project(stats / counts), learning_rate))``;
             a density without any count (<= 1e-12) keeps its old value.
+            With a > 0, ``(stats + a phi0) / (counts + a)`` in place of
+            ``stats / counts``: a density without any count moves to phi0.
         """
-        estimate, seen = self._maximize(stats, counts)
+        estimate, seen = self._maximize(stats, counts, pseudocount, phi)
         return self.project(torch.lerp(phi, torch.where(seen, estimate, phi), learning_rate))
 
-    def _maximize(self, stats, counts):
+    def _maximize(self, stats, counts, pseudocount=0.0, phi=None):
         """The maximum-likelihood estimate ``stats / counts`` (projected), and
         where it exists: ``(phi_hat (L, S, K, T), seen (L, S, K, 1) bool)``.
 
-        This is where a MAP M-step would enter, as a further argument: a
-        conjugate prior's pseudo-statistics a * phi0 and pseudo-counts a
-        added to stats and counts give ``(stats + a phi0) / (counts + a)``.
+        With ``pseudocount`` a > 0 the MAP estimate: the conjugate prior of an
+        exponential family, ``p(theta) ~ exp(a <theta, phi0> - a A(theta))``
+        (a pseudo-observations with mean sufficient statistics phi0), adds
+        a * phi0 to stats and a to counts, giving ``(stats + a phi0) /
+        (counts + a)``; phi0 is ``prior_mean(phi, stats, counts)``.
         """
+        if pseudocount:
+            stats = stats + pseudocount * self.prior_mean(phi, stats, counts)
+            counts = counts + pseudocount
         counts = counts.unsqueeze(-1)  # (L, S, K, 1)
         estimate = stats / counts.clamp_min(torch.finfo(counts.dtype).tiny)
         return self.project(estimate), counts > 1e-12
+
+    def prior_mean(self, phi, stats, counts):
+        """phi0 (L, S, K, T) or broadcastable: the mean sufficient statistics of
+        the MAP-EM prior's pseudo-observations (see ``_maximize``).
+
+        Default (Gaussian, Poisson): the pair's data-wide mean, i.e. the
+        posterior-weighted mean statistics of the pair's variable pooled
+        over its K densities, ``sum_k stats / sum_k counts`` (for a Gaussian
+        the pooled mean and second moment, so the prior pulls each density's
+        mean and variance toward the variable's); a pair without any count
+        uses the density's current ``phi`` (no pull). Families with a natural
+        uniform distribution (Bernoulli, Binomial, Categorical) override it.
+        """
+        total = counts.sum(2, keepdim=True).unsqueeze(-1)  # (L, S, 1, 1)
+        pooled = stats.sum(2, keepdim=True) / total.clamp_min(torch.finfo(stats.dtype).tiny)
+        return torch.where(total > 1e-12, self.project(pooled), phi)
 
     # ------------------------------------------------------ sampling, mode
     def sample(self, phi, generator):

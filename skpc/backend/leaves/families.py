@@ -110,6 +110,11 @@ class _BinaryLogitLeaf(ExponentialFamilyLeaf):
     def project(self, phi):
         return (self._p(phi) * self.n_trials).unsqueeze(-1)
 
+    def prior_mean(self, phi, stats, counts):
+        """p = 1/2: a Beta prior toward the uniform distribution, worth
+        ``pseudocount`` trials of ``n_trials`` each, half of them successes."""
+        return phi.new_full((1,), 0.5 * self.n_trials)
+
     def mode_log_density(self, phi):
         p, x = self._p(phi), self.mode(phi)
         log_p = x * torch.log(p) + (self.n_trials - x) * torch.log1p(-p)
@@ -245,6 +250,11 @@ class CategoricalLeaf(ExponentialFamilyLeaf):
     def project(self, phi):
         phi = phi.clamp_min(PROB_FLOOR)
         return phi / phi.sum(-1, keepdim=True)
+
+    def prior_mean(self, phi, stats, counts):
+        """The uniform distribution: a symmetric Dirichlet prior adding
+        ``pseudocount / n_categories`` to the count of every state."""
+        return phi.new_full((1,), 1.0 / self.n_categories)
 
     def prepare(self, X, scope):
         """(x (L, S, B) long with missing entries set to 0, obs (L, S, B))."""

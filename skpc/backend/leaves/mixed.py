@@ -202,6 +202,18 @@ class MixedLeaf(ExponentialFamilyLeaf):
     def project(self, phi):
         return self._combine(phi, lambda family, own: family.project(own))
 
+    def prior_mean(self, phi, stats, counts):
+        """Each family's ``prior_mean`` on its own pairs (0 on padding)."""
+        out = phi.new_zeros(phi.shape)
+        for family, mask in self._parts():
+            where = _expand(mask, phi.dim())
+            own = self._own(family, mask, phi)
+            own_stats = torch.where(where, stats[..., : family.n_stats], 0.0)
+            own_counts = torch.where(_expand(mask, counts.dim()), counts, 0.0)
+            value = family.prior_mean(own, own_stats, own_counts).expand_as(own)
+            out = torch.where(where, self._widen(value), out)
+        return out
+
     def prepare(self, X, scope):
         """A tuple with each family's ``prepare`` of its own columns."""
         layout = self._layout_for(scope)
