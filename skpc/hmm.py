@@ -3,6 +3,7 @@ latent variable distillation (Liu et al., ICLR 2023) and trained by the
 engine's EM."""
 
 import math
+import pickle
 from numbers import Integral, Real
 
 import numpy as np
@@ -12,8 +13,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import HasMethods, Interval, StrOptions, _fit_context, validate_data
+from .backend.distributed import DistributedError, agree_on, local_part, resolve_process_group, row_offsets
 from .backend.hmm import HMMCircuit
-from .backend.train import Schedule, Trainer
+from .backend.train import RowShard, Schedule, Trainer
 from .base import (
     ProgressPrinter,
     TorchStateMixin,
@@ -28,6 +30,11 @@ from .text import SuffixAssigner, check_windows
 
 # Windows from which early_stopping="auto" holds out a validation split.
 AUTO_EARLY_STOPPING_ROWS = 20
+# Tokens (windows x window) of the LVD initialization sample of a
+# data-parallel fit: the assigner is fitted on rank 0 on at most this many
+# training tokens gathered from every process (all training windows below
+# it: then the fit is exactly that of one process on all windows).
+INIT_SAMPLE_TOKENS = 2**21
 
 
 class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
@@ -107,7 +114,22 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
         Seeds the validation split, the LVD sample and k-means, the random
         initialization and the batch order.
     verbose : int, default=0
-        1 prints one line per stage and epoch, 2 also one per batch.
+        1 prints one line per stage and epoch, 2 also one per batch (on rank
+        0 only when data-parallel).
+    distributed : "auto" or bool, default="auto"
+        Data-parallel training on ``torch.distributed``: each process of
+        the group passes its own windows to ``fit`` and every process ends
+        with the model one process would fit on all windows (rank 0's rows
+        first): the validation split and mini-batches are drawn from all
+        windows, the EM statistics and every figure a decision reads are
+        summed over the processes. LVD: the assigner is fitted on rank 0 on
+        the training windows gathered from every process (an evenly spaced
+        sample of them beyond 2^21 tokens); one without
+        ``sample_indices_`` is then sent to every process (it must pickle),
+        which codes its own windows. "auto": data-parallel when a process
+        group of more than one process is initialized; True: require one;
+        False: never (each process fits on its own windows alone). See
+        :ref:`distributed`.
 
     Attributes
     ----------
@@ -172,6 +194,7 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
         "dtype": [StrOptions({"float32", "float64"})],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "distributed": [StrOptions({"auto"}), "boolean"],
     }
 
     _transient_attributes = ("_circuit_cache",)
@@ -198,6 +221,7 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
         dtype="float32",
         random_state=None,
         verbose=0,
+        distributed="auto",
     ):
         self.n_states = n_states
         self.window = window
@@ -219,6 +243,7 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
+        self.distributed = distributed
 
     # ------------------------------------------------------------- helpers
     def _check_X(self, X, reset, name="X"):
@@ -253,8 +278,8 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
         order = seeds.permutation(n_samples)
         return np.sort(order[n_valid:]), np.sort(order[:n_valid])
 
-    def _lvd_params(self, circuit, X, seed, dtype, progress):
-        """The closed-form HMM of the assigner's codes on the training windows X (n, T)."""
+    def _configured_assigner(self, seed, progress):
+        """A clone of the assigner (default ``SuffixAssigner()``) set up for this model."""
         assigner = SuffixAssigner() if self.assigner is None else clone(self.assigner)
         settings = {"n_clusters": self.n_states}
         if assigner.get_params().get("random_state", None) is None:
@@ -265,21 +290,86 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
         assigner.set_params(**settings)
         where = "shared by all positions" if self.homogeneous else "per position"
         progress.stage(f"LVD: assigning {self.n_states} states ({where}) with {type(assigner).__name__}")
+        return assigner
+
+    def _check_codes(self, codes, n_rows, T):
+        """Refuse codes that are not one state in [0, n_states) per position of each window."""
+        codes = np.asarray(codes)
+        in_range = codes.size == 0 or (codes.min() >= 0 and codes.max() < self.n_states)
+        if codes.shape != (n_rows, T) or not in_range:
+            shown = f" in [{codes.min()}, {codes.max()}]" if codes.size else ""
+            raise ValueError(
+                f"The assigner gave codes of shape {codes.shape}{shown}; LVD needs "
+                f"one code in [0, {self.n_states}) per position of each of its {n_rows} windows."
+            )
+        return codes.astype(np.int64)
+
+    def _lvd_params(self, circuit, X, seed, dtype, progress):
+        """The closed-form HMM of the assigner's codes on the training windows X (n, T)."""
+        assigner = self._configured_assigner(seed, progress)
         assigner.fit(X)
         if hasattr(assigner, "sample_indices_"):
             rows, codes = np.asarray(assigner.sample_indices_), np.asarray(assigner.labels_)
         else:
             rows, codes = np.arange(X.shape[0]), np.asarray(assigner.transform(X))
-        if codes.shape != (len(rows), X.shape[1]) or codes.min() < 0 or codes.max() >= self.n_states:
-            raise ValueError(
-                f"The assigner gave codes of shape {codes.shape} in [{codes.min()}, {codes.max()}]; LVD needs "
-                f"one code in [0, {self.n_states}) per position of each of its {len(rows)} windows."
-            )
+        codes = self._check_codes(codes, len(rows), X.shape[1])
         progress.stage(f"LVD: closed-form fit on {len(rows)} windows with their codes")
         device = circuit.device
         Xs = torch.as_tensor(X[rows], device=device)
-        Z = torch.as_tensor(codes.astype(np.int64), device=device)
+        Z = torch.as_tensor(codes, device=device)
         return circuit.params_from_counts(Xs, Z, self.pseudocount, dtype)
+
+    def _lvd_params_distributed(self, comm, circuit, X, local_train, train_rows, offset, seed, dtype, progress):
+        """Data-parallel LVD: the assigner is fitted on rank 0 on the training
+        windows of every process (or an evenly spaced sample of them); its
+        codes of its fitted windows (``sample_indices_``), or every process's
+        codes of its own training windows (the fitted assigner broadcast),
+        give counts summed over the processes."""
+        T = X.shape[1]
+        sample_rows = _init_sample_rows(train_rows, T)
+        local_rows = local_part(sample_rows, offset, X.shape[0])[0]
+        blocks = comm.gather_to_root(X[local_rows])
+        fitted = {}
+
+        def fit_on_root():
+            X_init = np.concatenate(blocks)  # in the global order: the windows one process would fit on
+            assigner = self._configured_assigner(seed, progress)
+            assigner.fit(X_init)
+            if hasattr(assigner, "sample_indices_"):
+                rows = np.asarray(assigner.sample_indices_)
+                fitted["windows"] = X_init[rows]
+                fitted["codes"] = self._check_codes(assigner.labels_, len(rows), T)
+                return None, len(rows)
+            try:
+                return pickle.dumps(assigner), len(train_rows)
+            except Exception as error:  # noqa: BLE001 - any pickling failure, reported on every rank
+                raise ValueError(
+                    f"The fitted {type(assigner).__name__} cannot be pickled ({type(error).__name__}: {error}); "
+                    "a data-parallel LVD fit sends it to every process to code its windows. Use a picklable "
+                    "assigner (a module-level embedder function, not a lambda), or one that sets "
+                    "sample_indices_ and labels_."
+                ) from error
+
+        payload, n_coded = comm.run_on_root(fit_on_root)
+        blocks = None
+        if payload is None:  # rank 0 holds the coded windows; the others add nothing
+            windows = fitted.get("windows", X[:0])
+            codes = fitted.get("codes", np.zeros((0, T), dtype=np.int64))
+        else:
+            assigner = pickle.loads(payload)
+            windows = X[local_train]
+
+            def code():
+                if len(windows) == 0:
+                    return np.zeros((0, T), dtype=np.int64)
+                return self._check_codes(assigner.transform(windows), len(windows), T)
+
+            codes, _ = agree_on(comm, code)  # a failure on one process: the same error on all
+        progress.stage(f"LVD: closed-form fit on {n_coded} windows with their codes")
+        device = circuit.device
+        Xs = torch.as_tensor(np.ascontiguousarray(windows), device=device)
+        Z = torch.as_tensor(codes, device=device)
+        return circuit.params_from_counts(Xs, Z, self.pseudocount, dtype, reduce=comm.reduce)
 
     @property
     def _circuit(self):
@@ -307,16 +397,102 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
         X : array-like of shape (n_windows, window), int
             Token ids; -1 (or NaN in a float array) marks a missing token,
             which is marginalized. Every window needs an observed token.
+            Data-parallel (see ``distributed``): this process's windows only.
         y : Ignored
         X_val : array-like of shape (n_val, window), default=None
             Validation windows for early stopping, in place of a split of X.
+            Data-parallel: this process's validation windows (every process
+            passes some, or none does).
 
         Returns
         -------
         self
         """
-        X = self._check_X(X, reset=True)
+        comm = resolve_process_group(self.distributed)
+        checked, facts = agree_on(comm, lambda: self._check_fit_data(X, X_val), _fit_facts)
+        X, X_val, schedule, device, dtype = checked
         n_windows, T = X.shape
+        if comm is not None:
+            _check_same_facts(facts)
+        n_tokens = self._agreed_n_tokens(facts)
+        counts = [f["n_rows"] for f in facts]
+        n_total = int(sum(counts))
+        offset = int(row_offsets(counts)[0 if comm is None else comm.rank])
+
+        seeds = check_random_state(self.random_state)
+        if comm is not None:
+            seeds = comm.broadcast(seeds)  # rank 0's generator state: the same draws everywhere
+        if X_val is None:
+            train_rows, valid_rows = self._validation_split(n_total, seeds)
+        else:
+            train_rows, valid_rows = np.arange(n_total), None
+        assigner_seed = draw_seed(seeds)
+        generator = torch_generator(draw_seed(seeds), device)
+        local_train, train_offset = local_part(train_rows, offset, n_windows)
+        local_valid = None if valid_rows is None else local_part(valid_rows, offset, n_windows)[0]
+        circuit = HMMCircuit(self.n_states, T, n_tokens, self.homogeneous, device)
+        progress = ProgressPrinter(type(self).__name__, self.verbose if comm is None or comm.is_root else 0)
+        reduce = None if comm is None else comm.reduce
+        X_train = torch.as_tensor(X[local_train], device=device).clone()
+        if local_valid is not None:
+            X_valid = torch.as_tensor(X[local_valid], device=device).clone()
+        elif X_val is not None:
+            X_valid = torch.as_tensor(X_val, device=device).clone()
+        else:
+            X_valid = None
+        if self.init == "lvd":
+            if comm is None:
+                params = self._lvd_params(circuit, X[train_rows], assigner_seed, dtype, progress)
+            else:
+                params = self._lvd_params_distributed(
+                    comm, circuit, X, local_train, train_rows, offset, assigner_seed, dtype, progress
+                )
+        else:
+            params = circuit.init_params(X_train, generator, dtype, reduce=reduce)
+            if comm is not None:  # rank 0's draws, in case the processes' generators differ
+                comm.broadcast_tensors([params.leaf, *params.tensors()])
+
+        progress.stage(
+            f"EM on {len(train_rows)} windows ({circuit.n_parameters()} parameters, "
+            f"{circuit.parameter_bytes(dtype) / 2**20:.0f} MiB)"
+        )
+        circuit.set_emission_prior(X_train, self.emission_prior, reduce=reduce)
+        shard = None if comm is None else RowShard(train_offset, len(train_rows))
+        trainer = Trainer(
+            circuit, schedule, reduce=reduce, on_epoch=progress.epoch, on_batch=progress.batch, shard=shard
+        )
+        try:
+            result = trainer.fit(params, X_train, generator, X_valid=X_valid)
+        except FloatingPointError as error:
+            raise ValueError(str(error)) from None
+        log_probs = circuit.log_prob_in_chunks(torch.as_tensor(X, device=device), result.params).double()
+        if comm is None:
+            lower_bound = float(log_probs.mean())
+        else:
+            total, n = comm.sum(float(log_probs.sum()), n_windows)  # every process's windows
+            lower_bound = total / n
+        if not math.isfinite(lower_bound):
+            raise ValueError("Training ended with a non-finite log-likelihood; lower learning_rate or check X.")
+        if self.tol is not None and not result.converged:
+            warn_not_converged(type(self).__name__, result, schedule)
+
+        # fitted state is written only now: a failure above leaves an earlier fit intact
+        self.params_ = result.params
+        self.device_ = device
+        self.n_tokens_ = n_tokens
+        self._circuit_cache = circuit
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.lower_bound_ = lower_bound
+        self.train_scores_ = [record.train for record in result.history]
+        self.validation_scores_ = None if X_valid is None else [record.valid for record in result.history]
+        self.n_parameters_ = circuit.n_parameters()
+        return self
+
+    def _check_fit_data(self, X, X_val):
+        """This process's windows (and validation windows), validated: raises ValueError."""
+        X = self._check_X(X, reset=True)
+        T = X.shape[1]
         if self.window is not None and T != self.window:
             raise ValueError(
                 f"X has windows of {T} tokens but window={self.window}; cut the text into windows of "
@@ -337,65 +513,30 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
                 f"X contains the token id {largest}, but n_tokens={self.n_tokens} (ids 0..{self.n_tokens - 1}); "
                 "raise n_tokens or leave it None to infer it."
             )
-        n_tokens = self.n_tokens if self.n_tokens is not None else max(2, largest + 1)
         schedule = self._schedule()
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype)
-        seeds = check_random_state(self.random_state)
-        if X_val is None:
-            train_rows, valid_rows = self._validation_split(n_windows, seeds)
-        else:
+        if X_val is not None:
             if self.early_stopping is False:
                 raise ValueError("X_val was given but early_stopping=False; set early_stopping=True or 'auto'.")
-            X_val = check_windows(np.asarray(X_val), n_tokens, name="X_val")
+            X_val = check_windows(np.asarray(X_val), self.n_tokens, name="X_val")
             if X_val.ndim != 2 or X_val.shape[1] != T:
                 raise ValueError(f"X_val must have shape (n_val, {T}) like X; got {X_val.shape}.")
-            train_rows, valid_rows = np.arange(n_windows), None
-        assigner_seed = draw_seed(seeds)
-        generator = torch_generator(draw_seed(seeds), device)
-        circuit = HMMCircuit(self.n_states, T, n_tokens, self.homogeneous, device)
-        progress = ProgressPrinter(type(self).__name__, self.verbose)
-        X_train = torch.as_tensor(X[train_rows], device=device).clone()
-        if valid_rows is not None:
-            X_valid = torch.as_tensor(X[valid_rows], device=device).clone()
-        elif X_val is not None:
-            X_valid = torch.as_tensor(X_val, device=device).clone()
-        else:
-            X_valid = None
-        if self.init == "lvd":
-            params = self._lvd_params(circuit, X[train_rows], assigner_seed, dtype, progress)
-        else:
-            params = circuit.init_params(X_train, generator, dtype)
+        return X, X_val, schedule, device, dtype
 
-        progress.stage(
-            f"EM on {X_train.shape[0]} windows ({circuit.n_parameters()} parameters, "
-            f"{circuit.parameter_bytes(dtype) / 2**20:.0f} MiB)"
-        )
-        circuit.set_emission_prior(X_train, self.emission_prior)
-        trainer = Trainer(circuit, schedule, on_epoch=progress.epoch, on_batch=progress.batch)
-        try:
-            result = trainer.fit(params, X_train, generator, X_valid=X_valid)
-        except FloatingPointError as error:
-            raise ValueError(str(error)) from None
-        X_all = torch.as_tensor(X, device=device)
-        lower_bound = float(circuit.log_prob_in_chunks(X_all, result.params).double().mean())
-        if not math.isfinite(lower_bound):
-            raise ValueError("Training ended with a non-finite log-likelihood; lower learning_rate or check X.")
-        if self.tol is not None and not result.converged:
-            warn_not_converged(type(self).__name__, result, schedule)
-
-        # fitted state is written only now: a failure above leaves an earlier fit intact
-        self.params_ = result.params
-        self.device_ = device
-        self.n_tokens_ = n_tokens
-        self._circuit_cache = circuit
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        self.lower_bound_ = lower_bound
-        self.train_scores_ = [record.train for record in result.history]
-        self.validation_scores_ = None if X_valid is None else [record.valid for record in result.history]
-        self.n_parameters_ = circuit.n_parameters()
-        return self
+    def _agreed_n_tokens(self, facts):
+        """V: ``n_tokens``, or inferred from the largest token id of every
+        process's windows; validation windows checked against it (the same
+        figures, and so the same error, on every process)."""
+        largest = max(f["max_token"] for f in facts)
+        n_tokens = self.n_tokens if self.n_tokens is not None else max(2, largest + 1)
+        val_largest = max(f["val_max"] for f in facts)
+        if val_largest >= n_tokens:
+            raise ValueError(
+                f"X_val contains the token id {val_largest}, but the model has n_tokens={n_tokens} (ids 0.."
+                f"{n_tokens - 1}); map unseen tokens to the unknown id (TokenWindows does), or raise n_tokens."
+            )
+        return n_tokens
 
     # --------------------------------------------------- fitted parameters
     def _view(self, tensor):
@@ -589,3 +730,40 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
         tags.input_tags.positive_only = True  # ids are >= 0 (-1 only marks a missing token)
         tags.input_tags.allow_nan = True  # NaN (like -1) marks a missing token, marginalized
         return tags
+
+
+def _fit_facts(checked):
+    """What the processes compare and share after their checks (picklable)."""
+    X, X_val = checked[0], checked[1]
+    return {
+        "n_rows": int(X.shape[0]),
+        "window": int(X.shape[1]),
+        "max_token": int(X.max()),
+        "has_X_val": X_val is not None,
+        "val_max": -1 if X_val is None or X_val.size == 0 else int(X_val.max()),
+    }
+
+
+def _check_same_facts(facts):
+    """Refuse processes whose windows disagree (the same error on every process: facts are shared)."""
+    windows = [f["window"] for f in facts]
+    for rank, window in enumerate(windows):
+        if window != windows[0]:
+            raise DistributedError(
+                f"[rank {rank} of {len(facts)}] X has windows of {window} tokens, but rank 0's X has {windows[0]} "
+                f"(window of every rank: {windows}); every process must pass windows of the same length."
+            )
+    flags = [f["has_X_val"] for f in facts]
+    if len(set(flags)) > 1:
+        ranks = [rank for rank, flag in enumerate(flags) if flag]
+        raise DistributedError(f"Only ranks {ranks} of {len(facts)} pass X_val; every process must do so, or none.")
+
+
+def _init_sample_rows(train_rows, window):
+    """The training windows (sorted ids) a data-parallel LVD fit gathers to
+    rank 0: all of them up to INIT_SAMPLE_TOKENS tokens, else evenly spaced ones."""
+    limit = max(1, INIT_SAMPLE_TOKENS // max(1, window))
+    if len(train_rows) <= limit:
+        return train_rows
+    positions = np.unique(np.linspace(0, len(train_rows) - 1, limit).round().astype(np.int64))
+    return train_rows[positions]

@@ -1,6 +1,7 @@
 """LVDDensity: latent variable distillation (Liu et al., ICLR 2023) as one circuit."""
 
 import math
+import pickle
 import time
 import warnings
 from numbers import Integral, Real
@@ -13,9 +14,17 @@ from sklearn.utils import check_random_state
 
 from ._compat import Interval, StrOptions, _fit_context, validate_data
 from .backend.circuit import CompiledCircuit
+from .backend.distributed import (
+    DistributedError,
+    agree_on,
+    local_part,
+    params_to,
+    resolve_process_group,
+    row_offsets,
+)
 from .backend.em import LatentEvidence
-from .backend.leaves import LEAF_NAMES, ExponentialFamilyLeaf, resolve_leaf
-from .backend.train import Schedule, Trainer
+from .backend.leaves import LEAF_NAMES, AutoLeaf, ExponentialFamilyLeaf, resolve_leaf
+from .backend.train import RowShard, Schedule, Trainer
 from .base import (
     ProgressPrinter,
     TorchStateMixin,
@@ -34,6 +43,11 @@ from .structure.compose import compose_region_graphs
 AUTO_EARLY_STOPPING_ROWS = 20
 # The partition layer of every LVD circuit (see the class docstring).
 LAYER = "einsum"
+# Values (rows x features) of the initialization sample of a data-parallel
+# fit: the assigner, the structures and the initial parameters come from at
+# most this many training values gathered on rank 0 (all training rows below
+# it: then the fit is exactly that of one process on all rows).
+INIT_SAMPLE_ELEMENTS = 2**21
 
 
 class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, DensityMixin, BaseEstimator):
@@ -156,7 +170,22 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         Seeds the assigner, the structures, the split, the initialization
         and the batch order.
     verbose : int, default=0
-        1 prints a line per stage and per epoch.
+        1 prints a line per stage and per epoch (on rank 0 only when
+        data-parallel).
+    distributed : "auto" or bool, default="auto"
+        Data-parallel training on ``torch.distributed``: each process of
+        the group passes its own rows to ``fit``. The assigner, the
+        structures and the initial parameters come from rank 0, fitted on
+        the training rows gathered from every process (an evenly spaced
+        sample of them beyond 2^21 values); the fitted assigner is sent to
+        every process (it must pickle), which codes its own rows (with all
+        training rows in the sample, rank 0 sends their codes instead).
+        Both EM stages then sum their statistics over the processes and
+        draw one global split and batch order, so every process ends with
+        the model one process would fit on all rows (rank 0's first) when
+        the sample holds every training row. "auto": data-parallel when a
+        process group of more than one process is initialized; True:
+        require one; False: never. See :ref:`distributed`.
 
     Attributes
     ----------
@@ -220,6 +249,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         "dtype": [StrOptions({"float32", "float64"})],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "distributed": [StrOptions({"auto"}), "boolean"],
     }
 
     _transient_attributes = ("_circuit_cache", "_query_cache")
@@ -256,6 +286,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         dtype="float32",
         random_state=None,
         verbose=0,
+        distributed="auto",
     ):
         self.image_shape = image_shape
         self.patch_size = patch_size
@@ -287,6 +318,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
+        self.distributed = distributed
 
     # ------------------------------------------------------------- stages
     def _make_assigner(self, seed, device):
@@ -390,6 +422,9 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         -------
         self : LVDDensity
         """
+        comm = resolve_process_group(self.distributed)
+        if comm is not None:
+            return self._fit_distributed(comm, X, X_val)
         X = validate_data(self, X, dtype=np.float64, ensure_all_finite=False)
         n_samples, n_features = X.shape
         check_no_inf(X)
@@ -441,6 +476,35 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         X_valid = None if X_held is None else torch.tensor(X_held, dtype=dtype, device=device)
         params = circuit.init_params(X_train, generator, dtype)
 
+        results = self._train_stages(
+            circuit, params, X_train, X_valid, generator, codes, codes_held, group_regions, progress, times
+        )
+        result = results[-1][2]
+
+        query_params = result.params.map(lambda t: t.to(torch.float64))
+        all_rows = torch.tensor(X, dtype=torch.float64, device=device)
+        lower_bound = float(np.mean(score_in_batches(circuit, query_params, all_rows)))
+        if not math.isfinite(lower_bound):
+            raise ValueError(
+                "Training ended with a non-finite log-likelihood; lower learning_rate, raise min_var, "
+                "or check X for extreme values."
+            )
+        self._warn_stages(results)
+
+        # Only now is fitted state written: a failure above leaves an earlier fit intact.
+        self._store(assigner, groups, group_regions, parents, graph, leaf, device, circuit, results, query_params,
+                    X_valid is not None, times, lower_bound)
+        return self
+
+    def _train_stages(self, circuit, params, X_train, X_valid, generator, codes, codes_held, group_regions, progress,
+                      times, reduce=None, shard=None):
+        """Distillation (EM on the joint likelihood of X and the codes), then
+        fine-tuning (EM on X): [(limit name, schedule, TrainingResult)] per stage.
+
+        Data-parallel: ``reduce`` and ``shard`` of the process group; X_train,
+        X_valid and their codes are this process's rows (local indices)."""
+        device = X_train.device
+
         def evidence(rows_codes):
             return LatentEvidence(group_regions, torch.as_tensor(rows_codes, device=device), self.n_clusters)
 
@@ -451,39 +515,38 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         trainer = Trainer(
             circuit,
             schedule,
+            reduce=reduce,
             on_epoch=progress.epoch,
             on_batch=progress.batch,
             evidence=evidence(codes),
             valid_evidence=None if codes_held is None else evidence(codes_held),
+            shard=shard,
         )
         distilled = _train(trainer, params, X_train, generator, X_valid)
         times["distillation"] = time.perf_counter() - start
         results = [("max_iter", schedule, distilled)]
 
         start = time.perf_counter()
-        result = distilled
         if self.finetune_max_iter > 0:
             progress.stage("fine-tuning: EM on the likelihood of X")
             schedule = self._schedule(self.finetune_max_iter, self.finetune_learning_rate, full_batch=True)
-            trainer = Trainer(circuit, schedule, on_epoch=progress.epoch, on_batch=progress.batch)
+            trainer = Trainer(
+                circuit, schedule, reduce=reduce, on_epoch=progress.epoch, on_batch=progress.batch, shard=shard
+            )
             result = _train(trainer, distilled.params, X_train, generator, X_valid)
             results.append(("finetune_max_iter", schedule, result))
         times["finetuning"] = time.perf_counter() - start
+        return results
 
-        query_params = result.params.map(lambda t: t.to(torch.float64))
-        all_rows = torch.tensor(X, dtype=torch.float64, device=device)
-        lower_bound = float(np.mean(score_in_batches(circuit, query_params, all_rows)))
-        if not math.isfinite(lower_bound):
-            raise ValueError(
-                "Training ended with a non-finite log-likelihood; lower learning_rate, raise min_var, "
-                "or check X for extreme values."
-            )
+    def _warn_stages(self, results):
         if self.tol is not None:
             for limit, schedule, stage in results:
                 if not stage.converged:
                     _warn_stage(limit, schedule, stage)
 
-        # Only now is fitted state written: a failure above leaves an earlier fit intact.
+    def _store(self, assigner, groups, group_regions, parents, graph, leaf, device, circuit, results, query_params,
+               validated, times, lower_bound):
+        distilled, result = results[0][2], results[-1][2]
         self.assigner_ = assigner
         self.groups_ = groups
         self.group_regions_ = list(group_regions)
@@ -497,10 +560,10 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         self._circuit_cache = circuit
         self._query_cache = (result.params, query_params)
         self.distillation_train_scores_ = [r.train for r in distilled.history]
-        self.distillation_validation_scores_ = None if X_valid is None else [r.valid for r in distilled.history]
+        self.distillation_validation_scores_ = [r.valid for r in distilled.history] if validated else None
         finetuned = results[1][2].history if len(results) > 1 else []
         self.train_scores_ = [r.train for r in finetuned]
-        self.validation_scores_ = None if X_valid is None else [r.valid for r in finetuned]
+        self.validation_scores_ = [r.valid for r in finetuned] if validated else None
         self.stage_times_ = times
         self.n_iter_ = sum(len(stage.history) for _, _, stage in results)
         self.converged_ = result.converged
@@ -508,7 +571,140 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         self.n_parameters_ = circuit.n_parameters()
         self.n_categories_ = getattr(leaf, "n_categories", None)
         self.n_trials_ = getattr(leaf, "n_trials", None)
+
+    # ------------------------------------------------------- data-parallel
+    def _fit_distributed(self, comm, X, X_val):
+        """``fit`` with the rows spread over the processes of ``comm`` (see ``distributed``)."""
+        checked, facts = agree_on(comm, lambda: self._check_local(X, X_val), _local_facts)
+        X, X_val, base, device, dtype = checked
+        n_local, n_features = X.shape
+        _check_same_facts(facts)
+        leaf = _agreed_leaf(base, facts)
+        counts = [f["n_rows"] for f in facts]
+        n_total = int(sum(counts))
+        offset = int(row_offsets(counts)[comm.rank])
+
+        seeds = comm.broadcast(check_random_state(self.random_state))  # rank 0's: the same draws everywhere
+        assigner_seed, structure_seeds = draw_seed(seeds), np.random.RandomState(draw_seed(seeds))
+        if X_val is None:
+            train_rows, valid_rows = validation_split(
+                n_total, self.early_stopping, self.validation_fraction, seeds, AUTO_EARLY_STOPPING_ROWS
+            )
+        else:
+            train_rows, valid_rows = np.arange(n_total), None
+        generator = torch_generator(draw_seed(seeds), device)
+        local_train, train_offset = local_part(train_rows, offset, n_local)
+        X_fit = X[local_train]
+        if valid_rows is not None:
+            X_held = X[local_part(valid_rows, offset, n_local)[0]]
+        else:
+            X_held = X_val
+        progress = ProgressPrinter(type(self).__name__, self.verbose if comm.is_root else 0)
+        times = {}
+
+        start = time.perf_counter()
+        progress.stage(f"assigning latents: {n_total} rows, n_clusters={self.n_clusters}")
+        sample_rows = _init_sample_rows(train_rows, n_features)
+        whole = len(sample_rows) == len(train_rows)  # every training row in the sample
+        blocks = comm.gather_to_root(X[local_part(sample_rows, offset, n_local)[0]])
+
+        def build():
+            # in the global order: the rows one process would fit on
+            X_init = np.concatenate(blocks)
+            assigner = self._make_assigner(assigner_seed, device)
+            codes = np.asarray(assigner.fit_transform(X_init))
+            groups = [np.asarray(g, dtype=np.int64) for g in getattr(assigner, "groups_", [])]
+            if not groups:
+                raise ValueError(
+                    "the assigner has no groups_ after fitting; it must say which features each code covers."
+                )
+            codes = self._check_codes(codes, X_init.shape[0], len(groups))
+            stage_times = dict(getattr(assigner, "stage_times_", None) or {"assignment": time.perf_counter() - start})
+            begin = time.perf_counter()
+            graph, group_regions, parents = self._build_graph(X_init, codes, groups, leaf, structure_seeds)
+            circuit = CompiledCircuit(graph, self.n_clusters, leaf, device, layer=LAYER)
+            params = circuit.init_params(torch.tensor(X_init, dtype=dtype, device=device), generator, dtype)
+            stage_times["structure"] = time.perf_counter() - begin
+            try:
+                assigner_bytes = pickle.dumps(assigner)
+            except Exception as error:  # noqa: BLE001 - any pickling failure, reported on every rank
+                raise ValueError(
+                    f"The fitted {type(assigner).__name__} cannot be pickled ({type(error).__name__}: {error}); a "
+                    "data-parallel LVD fit sends it to every process to code its rows. Use a picklable assigner "
+                    "and embedder (a module-level function, not a lambda)."
+                ) from error
+            return (assigner_bytes, groups, codes if whole else None, graph, list(group_regions), parents,
+                    params_to(params, "cpu"), generator.get_state(), stage_times)
+
+        built = comm.run_on_root(build)
+        blocks = None
+        assigner_bytes, groups, all_codes, graph, group_regions, parents, params, state, root_times = built
+        generator.set_state(state)  # the draws after initialization agree too (batch order)
+        assigner = pickle.loads(assigner_bytes)
+        times.update(root_times)
+
+        def code():
+            """This process's codes of its training rows (from rank 0's fit when
+            it coded them all) and of its validation rows."""
+            if all_codes is not None:
+                codes = all_codes[train_offset : train_offset + len(local_train)]
+            else:
+                codes = self._transform_rows(assigner, X_fit, len(groups))
+            held = None if X_held is None else self._transform_rows(assigner, X_held, len(groups))
+            return codes, held
+
+        (codes, codes_held), _ = agree_on(comm, code)  # a failure on one process: the same error on all
+        circuit = CompiledCircuit(graph, self.n_clusters, leaf, device, layer=LAYER)
+        progress.stage(
+            f"circuit: {len(groups)} groups, {len(graph.regions)} regions, {circuit.n_parameters()} parameters"
+        )
+        params = params_to(params, device)
+        X_train = torch.tensor(X_fit, dtype=dtype, device=device)  # a copy: X may be read-only
+        X_valid = None if X_held is None else torch.tensor(X_held, dtype=dtype, device=device)
+        results = self._train_stages(
+            circuit, params, X_train, X_valid, generator, codes, codes_held, group_regions, progress, times,
+            reduce=comm.reduce, shard=RowShard(train_offset, len(train_rows)),
+        )
+        result = results[-1][2]
+
+        query_params = result.params.map(lambda t: t.to(torch.float64))
+        all_rows = torch.tensor(X, dtype=torch.float64, device=device)
+        total, n = comm.sum(float(np.sum(score_in_batches(circuit, query_params, all_rows))), n_local)
+        lower_bound = total / n
+        if not math.isfinite(lower_bound):
+            raise ValueError(
+                "Training ended with a non-finite log-likelihood; lower learning_rate, raise min_var, "
+                "or check X for extreme values."
+            )
+        self._warn_stages(results)
+        self._store(assigner, groups, group_regions, parents, graph, leaf, device, circuit, results, query_params,
+                    X_valid is not None, times, lower_bound)
         return self
+
+    def _check_local(self, X, X_val):
+        """This process's rows (and validation rows), validated: raises ValueError."""
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite=False)
+        check_no_inf(X)
+        if np.isnan(X).all():
+            raise ValueError("X has no observed entry (every value is NaN); a circuit cannot be fitted to no data.")
+        base = resolve_leaf(
+            self.leaf,
+            X.shape[1],
+            min_var=self.min_var,
+            max_var=self.max_var,
+            n_categories=self.n_categories,
+            n_trials=self.n_trials,
+        )
+        base.validate(X)
+        device, dtype = resolve_device(self.device), resolve_dtype(self.dtype)
+        if X_val is not None:
+            X_val = check_validation_rows(X_val, X.shape[1], self.early_stopping, base)
+        return X, X_val, base, device, dtype
+
+    def _transform_rows(self, assigner, X, n_groups):
+        if len(X) == 0:
+            return np.zeros((0, n_groups), dtype=np.int64)
+        return self._check_codes(assigner.transform(X), len(X), n_groups)
 
     # ------------------------------------------------------------- latents
     def latent_proba(self, X):
@@ -595,3 +791,71 @@ def _warn_stage(limit, schedule, result):
         ConvergenceWarning,
         stacklevel=3,
     )
+
+
+def _summary(X):
+    """(2, D) column min and max of the observed entries (NaN: none), (D,) whether they are all integers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        extremes = np.stack([np.nanmin(X, axis=0), np.nanmax(X, axis=0)]) if len(X) else np.full((2, X.shape[1]), np.nan)
+    integral = np.all(np.isnan(X) | (X == np.round(X)), axis=0)
+    return extremes, integral
+
+
+def _local_facts(checked):
+    """What the processes compare and share after their checks (picklable)."""
+    X, X_val = checked[0], checked[1]
+    extremes, integral = _summary(X)
+    return {
+        "n_rows": int(X.shape[0]),
+        "n_features": int(X.shape[1]),
+        "extremes": extremes,
+        "integral": integral,
+        "has_X_val": X_val is not None,
+        "val_extremes": None if X_val is None else _summary(X_val)[0],
+    }
+
+
+def _check_same_facts(facts):
+    """Refuse processes whose rows disagree (the same error on every process: facts are shared)."""
+    features = [f["n_features"] for f in facts]
+    for rank, n_features in enumerate(features):
+        if n_features != features[0]:
+            raise DistributedError(
+                f"[rank {rank} of {len(facts)}] X has {n_features} features, but rank 0's X has {features[0]} "
+                f"(features of every rank: {features}); every process must pass rows of the same features."
+            )
+    flags = [f["has_X_val"] for f in facts]
+    if len(set(flags)) > 1:
+        ranks = [rank for rank, flag in enumerate(flags) if flag]
+        raise DistributedError(f"Only ranks {ranks} of {len(facts)} pass X_val; every process must do so, or none.")
+
+
+def _combine(parts):
+    """(2, D): the column-wise min and max over every process's (2, D) extremes (NaN: none observed)."""
+    stacked = np.stack([p for p in parts if p is not None])  # (P, 2, D)
+    return np.stack([np.fmin.reduce(stacked[:, 0], axis=0), np.fmax.reduce(stacked[:, 1], axis=0)])
+
+
+def _agreed_leaf(base, facts):
+    """The leaf inferred from every process's column summaries (all that the
+    built-in families infer from: the largest count or state); validation
+    rows checked against it (the same figures, so the same error, everywhere)."""
+    extremes = _combine([f["extremes"] for f in facts])
+    if isinstance(base, AutoLeaf):
+        integral = np.logical_and.reduce([f["integral"] for f in facts])
+        base = base.resolve_from_summary(extremes[0], extremes[1], integral)
+    leaf = base.infer(extremes)
+    if facts[0]["has_X_val"]:
+        leaf.validate(_combine([f["val_extremes"] for f in facts]))
+    return leaf
+
+
+def _init_sample_rows(train_rows, n_features):
+    """The training rows (sorted ids) the initialization sample holds: all of
+    them up to INIT_SAMPLE_ELEMENTS values, else evenly spaced ones."""
+    limit = max(1, INIT_SAMPLE_ELEMENTS // max(1, n_features))
+    if len(train_rows) <= limit:
+        return train_rows
+    positions = np.unique(np.linspace(0, len(train_rows) - 1, limit).round().astype(np.int64))
+    return train_rows[positions]

@@ -150,11 +150,16 @@ class TokenEmissions(CategoricalLeaf):
             counts = weighted.sum(2).unsqueeze(1)  # (T, 1, K)
         return stats, counts
 
-    def m_step(self, phi, stats, counts, learning_rate):
+    def m_step(self, phi, stats, counts, learning_rate, pseudocount=0.0):
         """``project(lerp(phi, project(stats / counts), learning_rate))``, a
         table without counts keeping ``phi`` (the base class's update),
         computed in place in ``stats`` (consumed); with a prior, its share
-        is added to stats and counts first (MAP-EM)."""
+        is added to stats and counts first (MAP-EM). ``pseudocount``: the
+        trainer's symmetric Dirichlet prior (``Schedule.pseudocount``), as the
+        categorical leaf's: pseudocount / V added to every token's count."""
+        if pseudocount:
+            stats.add_(pseudocount / stats.shape[-1])
+            counts = counts + pseudocount
         seen = (counts.unsqueeze(-1) > 1e-12).to(stats.dtype)  # (P, 1, K, 1)
         if self.prior is not None:
             # the batch's share of the training tokens of each table: (P, 1, 1)
@@ -223,18 +228,23 @@ class HMMCircuit:
             WeightSpec("transition", transition, len(transition) - 1),
         ]
 
-    def set_emission_prior(self, X, strength):
+    def set_emission_prior(self, X, strength, reduce=None):
         """A Dirichlet prior on every emission row for EM (MAP-EM): ``strength``
         pseudo-counts spread over the tokens by their add-one-smoothed
         frequency in the training windows X (N, T) (long, -1 = missing).
-        ``strength=0`` removes it (plain EM)."""
+        ``strength=0`` removes it (plain EM). ``reduce`` (data-parallel: the
+        process group's in-place sum) makes the frequencies and token counts
+        those of every process's windows."""
         if not strength:
             self.leaf.prior = self.leaf.prior_tokens = None
             return
         x, obs = self.leaf_inputs(X)  # (T, N) each
-        unigram = torch.ones(self.n_tokens, dtype=torch.float64, device=self.device)
-        unigram.index_add_(0, x.reshape(-1), obs.reshape(-1).to(torch.float64))
+        counts = torch.zeros(self.n_tokens, dtype=torch.float64, device=self.device)
+        counts.index_add_(0, x.reshape(-1), obs.reshape(-1).to(torch.float64))
         tokens = obs.sum(1, dtype=torch.float64)  # (T,) observed tokens per position
+        if reduce is not None:
+            reduce([counts, tokens])
+        unigram = counts + 1.0  # add-one smoothed
         if self.homogeneous:
             tokens = tokens.sum().view(1)
         self.leaf.set_prior(strength * unigram / unigram.sum(), tokens)
@@ -359,17 +369,22 @@ class HMMCircuit:
         return torch.cat(out)
 
     # ------------------------------------------------------------- params
-    def init_params(self, X, generator, dtype):
+    def init_params(self, X, generator, dtype, reduce=None):
         """Random parameters: initial and transitions uniform draws in
         [0.5, 1.5) normalized; each emission row the training unigram
         distribution (add-one smoothed, pooled over positions) times a draw
         in [0.5, 1.5), normalized. Drawn in float64 whatever the dtype (one
         position at a time), so equal seeds start float32 and float64 fits
-        from the same point."""
+        from the same point. ``reduce`` (data-parallel) sums the token
+        counts over every process's windows; the draws then agree when
+        every process passes the same generator state."""
         K, V = self.n_sums, self.n_tokens
         x, obs = self.leaf_inputs(X)
-        unigram = torch.ones(V, dtype=torch.float64, device=self.device)
-        unigram.index_add_(0, x.reshape(-1), obs.reshape(-1).to(torch.float64))  # add-one token counts
+        unigram = torch.zeros(V, dtype=torch.float64, device=self.device)
+        unigram.index_add_(0, x.reshape(-1), obs.reshape(-1).to(torch.float64))  # token counts
+        if reduce is not None:
+            reduce([unigram])
+        unigram += 1.0  # add-one smoothed
         unigram /= unigram.sum()
         weights = {}
         for spec in self.weight_specs:
@@ -382,7 +397,7 @@ class HMMCircuit:
             leaf[p, 0] = rows / rows.sum(-1, keepdim=True)
         return CircuitParams(leaf, weights)
 
-    def params_from_counts(self, X, Z, pseudocount, dtype):
+    def params_from_counts(self, X, Z, pseudocount, dtype, reduce=None):
         """The maximum-likelihood HMM of fully observed states (closed form).
 
         Parameters
@@ -394,6 +409,10 @@ class HMMCircuit:
         pseudocount : float
             Added to every initial, transition and emission count.
         dtype : torch.dtype
+        reduce : callable(list of tensors) or None
+            Data-parallel: sums the counts in place over every process's
+            windows (before the pseudocounts are added); every process
+            calls it the same number of times, with or without windows.
 
         Returns
         -------
@@ -407,7 +426,7 @@ class HMMCircuit:
         X = X.to(self.device)
         Z = Z.to(self.device)
         f64 = torch.float64
-        initial = torch.bincount(Z[:, 0], minlength=K).to(f64) + pseudocount
+        initial = torch.bincount(Z[:, 0], minlength=K).to(f64)
         pairs = Z[:, :-1] * K + Z[:, 1:]  # (N, T-1): index of each (z_t, z_{t+1})
         if self.homogeneous:
             transition = torch.bincount(pairs.reshape(-1), minlength=K * K).to(f64).view(K, K)
@@ -415,7 +434,9 @@ class HMMCircuit:
             offsets = torch.arange(T - 1, device=self.device) * (K * K)
             transition = torch.bincount((pairs + offsets).reshape(-1), minlength=(T - 1) * K * K)
             transition = transition.to(f64).view(T - 1, K, K)
-        transition += pseudocount
+        if reduce is not None:
+            reduce([initial, transition])
+        transition = transition + pseudocount
         leaf = torch.empty(self.emission_shape, dtype=dtype, device=self.device)
         # one position (or the pooled table) at a time: a (K, V) float64 table
         # is the largest temporary, never the whole (T, K, V)
@@ -425,8 +446,11 @@ class HMMCircuit:
             for t in ts:
                 seen = X[:, t] >= 0
                 counts += torch.bincount(Z[seen, t] * V + X[seen, t], minlength=K * V).to(f64)
+            if reduce is not None:
+                reduce([counts])
             table = counts.view(K, V) + pseudocount
             leaf[p, 0] = table / table.sum(-1, keepdim=True)
+        initial = initial + pseudocount
         weights = {
             "initial": (initial / initial.sum()).to(dtype),
             "transition": (transition / transition.sum(-1, keepdim=True)).to(dtype),
