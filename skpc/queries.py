@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._compat import validate_data
 from .backend.circuit import CompiledCircuit
+from .backend.train import ArrayRows
 from .base import check_no_inf, make_generator
 
 
@@ -53,12 +54,33 @@ class CircuitQueriesMixin:
         NaN entries are missing and marginalized out exactly, per row.
         Computed in float64 whatever ``dtype``.
 
+        A ``numpy.memmap`` is read a chunk at a time (scoring data larger
+        than memory).
+
         Returns
         -------
         ndarray of shape (n_samples,), float64
         """
+        if isinstance(X, np.memmap):
+            return self._score_streamed(X)
         X = self._validate_fitted(X)
         return score_in_batches(self._circuit, self._query_params(), self._to_query_tensor(X))
+
+    def _score_streamed(self, X):
+        """score_samples of a numpy.memmap: checked and scored a chunk at a
+        time, never materializing the array or a float64 copy of it."""
+        check_is_fitted(self, "params_")
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_ or X.dtype.kind not in "biuf":
+            raise ValueError(
+                f"X is a memmap of shape {X.shape} and dtype {X.dtype}, but this model was fitted on "
+                f"{self.n_features_in_} features; pass a 2-D memmap of real numbers with that many columns."
+            )
+        rows = ArrayRows(X, dtype=torch.float64, device=self.device_)
+        for _, chunk in rows.chunks():
+            check_no_inf(chunk)
+            self.leaf_.validate(chunk)
+        rows.release()
+        return score_in_batches(self._circuit, self._query_params(), rows)
 
     def _to_query_tensor(self, X):
         return torch.tensor(X, dtype=torch.float64, device=self.device_)  # a copy: X may be read-only

@@ -224,3 +224,24 @@ def test_memmap_fit_has_bounded_peak_memory(tmp_path):
     assert grown < budget_mib, f"peak RSS grew by {grown:.0f} MiB over the baseline while fitting a {size_mib:.0f} MiB memmap"
     assert np.isfinite(figures["lower_bound"]) and np.isfinite(figures["valid"][0])
     assert figures["lower_bound"] < -50  # 50 correlated N(0, 1)-ish features: a real fit, not an empty one
+
+
+def test_scoring_a_memmap_streams_and_equals_scoring_in_memory(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(300, 6))
+    X[rng.random(X.shape) < 0.05] = np.nan
+    model = EinsumNetworkDensity(n_sums=3, n_repetitions=2, max_iter=3, tol=None, random_state=0).fit(X)
+    mm = _memmap(tmp_path, X, mode="r")
+    expected = model.score_samples(np.asarray(mm, dtype=np.float64))
+
+    def no_whole_copy(*args, **kwargs):
+        raise AssertionError("a memmap was validated (copied) whole")
+
+    import skpc.queries
+
+    monkeypatch.setattr(skpc.queries, "validate_data", no_whole_copy)
+    np.testing.assert_array_equal(model.score_samples(mm), expected)
+    assert model.score(mm) == pytest.approx(float(np.mean(expected)), abs=1e-12)
+    wrong = _memmap(tmp_path, X[:, :5], mode="r", name="narrow.dat")
+    with pytest.raises(ValueError, match="6 features"):
+        model.score_samples(wrong)
