@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_array
 from ._compat import Interval, StrOptions, _fit_context, validate_data
 from .backend.circuit import PARTITION_LAYERS, CompiledCircuit
 from .backend.leaves import LEAF_NAMES, AutoLeaf, ExponentialFamilyLeaf, resolve_leaf
-from .backend.distributed import DistributedError, agree_on, local_part, params_to, resolve_process_group, row_offsets
+from .backend.distributed import agree_on, check_same_facts, local_part, params_to, resolve_process_group, row_offsets
 from .backend.train import DEFAULT_EM_LEARNING_RATE, ArrayRows, RowShard, Schedule, Trainer, trim_heap
 from .base import (
     ProgressPrinter,
@@ -557,7 +557,8 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         other collective: the same ValueError on every rank if any fails."""
         data, facts = agree_on(comm, lambda: self._check_data(X, X_val, partial, comm is not None), _FitData.facts)
         if comm is not None:
-            _check_same_facts(facts)
+            flags = (("continuing", "continue a fitted model (warm_start or partial_fit)"), ("has_X_val", "pass X_val"))
+            check_same_facts(facts, "n_features", "features", flags)
         data.counts = np.array([f["n_rows"] for f in facts], dtype=np.int64)
         data.offset = int(row_offsets(data.counts)[0 if comm is None else comm.rank])
         if not data.legacy:
@@ -809,24 +810,6 @@ class _FitStart:
         self.shard = None
         self.X_train = self.X_valid = None
         self.graph = self.n_sums = self.layer = self.circuit = self.params = None
-
-
-def _check_same_facts(facts):
-    """Refuse processes whose rows disagree (the same error on every process: facts are shared)."""
-    features = [f["n_features"] for f in facts]
-    for rank, n_features in enumerate(features):
-        if n_features != features[0]:
-            raise DistributedError(
-                f"[rank {rank} of {len(facts)}] X has {n_features} features, but rank 0's X has {features[0]} "
-                f"(features of every rank: {features}); every process must pass rows of the same features."
-            )
-    for key, what in (("continuing", "continue a fitted model (warm_start or partial_fit)"), ("has_X_val", "pass X_val")):
-        flags = [f[key] for f in facts]
-        if len(set(flags)) > 1:
-            ranks = [rank for rank, flag in enumerate(flags) if flag]
-            raise DistributedError(
-                f"Only ranks {ranks} of {len(facts)} {what}; every process must do so, or none."
-            )
 
 
 def _global_leaf(data, facts):

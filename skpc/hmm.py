@@ -13,7 +13,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import HasMethods, Interval, StrOptions, _fit_context, validate_data
-from .backend.distributed import DistributedError, agree_on, local_part, resolve_process_group, row_offsets
+from .backend.distributed import agree_on, check_same_facts, local_part, resolve_process_group, row_offsets
 from .backend.hmm import HMMCircuit
 from .backend.train import RowShard, Schedule, Trainer
 from .base import (
@@ -413,7 +413,7 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
         X, X_val, schedule, device, dtype = checked
         n_windows, T = X.shape
         if comm is not None:
-            _check_same_facts(facts)
+            check_same_facts(facts, "window", "tokens per window")
         n_tokens = self._agreed_n_tokens(facts)
         counts = [f["n_rows"] for f in facts]
         n_total = int(sum(counts))
@@ -742,21 +742,6 @@ def _fit_facts(checked):
         "has_X_val": X_val is not None,
         "val_max": -1 if X_val is None or X_val.size == 0 else int(X_val.max()),
     }
-
-
-def _check_same_facts(facts):
-    """Refuse processes whose windows disagree (the same error on every process: facts are shared)."""
-    windows = [f["window"] for f in facts]
-    for rank, window in enumerate(windows):
-        if window != windows[0]:
-            raise DistributedError(
-                f"[rank {rank} of {len(facts)}] X has windows of {window} tokens, but rank 0's X has {windows[0]} "
-                f"(window of every rank: {windows}); every process must pass windows of the same length."
-            )
-    flags = [f["has_X_val"] for f in facts]
-    if len(set(flags)) > 1:
-        ranks = [rank for rank, flag in enumerate(flags) if flag]
-        raise DistributedError(f"Only ranks {ranks} of {len(facts)} pass X_val; every process must do so, or none.")
 
 
 def _init_sample_rows(train_rows, window):

@@ -15,7 +15,7 @@ from sklearn.utils import check_random_state
 from ._compat import Interval, StrOptions, _fit_context, validate_data
 from .backend.circuit import CompiledCircuit
 from .backend.distributed import (
-    DistributedError,
+    check_same_facts,
     agree_on,
     local_part,
     params_to,
@@ -578,7 +578,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         checked, facts = agree_on(comm, lambda: self._check_local(X, X_val), _local_facts)
         X, X_val, base, device, dtype = checked
         n_local, n_features = X.shape
-        _check_same_facts(facts)
+        check_same_facts(facts, "n_features", "features")
         leaf = _agreed_leaf(base, facts)
         counts = [f["n_rows"] for f in facts]
         n_total = int(sum(counts))
@@ -814,21 +814,6 @@ def _local_facts(checked):
         "has_X_val": X_val is not None,
         "val_extremes": None if X_val is None else _summary(X_val)[0],
     }
-
-
-def _check_same_facts(facts):
-    """Refuse processes whose rows disagree (the same error on every process: facts are shared)."""
-    features = [f["n_features"] for f in facts]
-    for rank, n_features in enumerate(features):
-        if n_features != features[0]:
-            raise DistributedError(
-                f"[rank {rank} of {len(facts)}] X has {n_features} features, but rank 0's X has {features[0]} "
-                f"(features of every rank: {features}); every process must pass rows of the same features."
-            )
-    flags = [f["has_X_val"] for f in facts]
-    if len(set(flags)) > 1:
-        ranks = [rank for rank, flag in enumerate(flags) if flag]
-        raise DistributedError(f"Only ranks {ranks} of {len(facts)} pass X_val; every process must do so, or none.")
 
 
 def _combine(parts):

@@ -360,3 +360,43 @@ def small_density(**params):
                     random_state=0)
     settings.update(params)
     return EinsumNetworkDensity(**settings)
+
+
+def run_gloo_ranks(module, tmp, world, timeout):
+    """Every rank's results (a list in rank order) from ``world`` spawned
+    processes, each running ``module._worker(rank, store_path, out_path)``
+    (which joins a gloo group through a file store and pickles its results
+    to ``out_path``); a group that does not finish within ``timeout``
+    seconds fails the test (a hang) instead of blocking the suite."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    store = tmp / "store"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(here), str(here.parent)]))
+    procs = []
+    for rank in range(world):
+        code = f"import {module} as t; t._worker({rank}, {str(store)!r}, {str(tmp / f'r{rank}.pkl')!r})"
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout
+    outputs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=max(1, deadline - time.monotonic()))
+            outputs.append(out.decode(errors="replace"))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"the process group did not finish within {timeout} s (a hang)")
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-4000:]
+    results = []
+    for rank in range(world):
+        with open(tmp / f"r{rank}.pkl", "rb") as f:
+            results.append(pickle.load(f))
+    return results

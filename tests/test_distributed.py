@@ -23,6 +23,8 @@ import torch
 from skpc import EinsumNetworkDensity
 from skpc.backend.distributed import local_part, resolve_process_group, row_offsets, shard_rows
 
+from conftest import run_gloo_ranks
+
 HERE = Path(__file__).resolve().parent
 WORLD = 2
 TIMEOUT = 120  # seconds for the whole group: a hang fails the tests
@@ -168,31 +170,7 @@ def _worker(rank, store, out):
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Both ranks' results (a list in rank order), from one spawned group of two gloo processes."""
-    tmp = tmp_path_factory.mktemp("dist")
-    store = tmp / "store"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
-    procs = []
-    for rank in range(WORLD):
-        code = f"import test_distributed as t; t._worker({rank}, {str(store)!r}, {str(tmp / f'r{rank}.pkl')!r})"
-        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + TIMEOUT
-    outputs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=max(1, deadline - time.monotonic()))
-            outputs.append(out.decode(errors="replace"))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"the process group did not finish within {TIMEOUT} s (a hang)")
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-4000:]
-    results = []
-    for rank in range(WORLD):
-        with open(tmp / f"r{rank}.pkl", "rb") as f:
-            results.append(pickle.load(f))
-    return results
+    return run_gloo_ranks("test_distributed", tmp_path_factory.mktemp("dist"), WORLD, TIMEOUT)
 
 
 def _reference(name):

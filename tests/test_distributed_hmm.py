@@ -8,12 +8,8 @@ The processes are spawned once for the module (one process group, every case
 run in turn in it) with a hard timeout, so a hang fails the tests.
 """
 
-import os
 import pickle
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +19,8 @@ from sklearn.base import BaseEstimator, clone
 from skpc.hmm import HMMLanguageModel
 from skpc.text import SuffixAssigner
 
-HERE = Path(__file__).resolve().parent
+from conftest import run_gloo_ranks
+
 WORLD = 2
 TIMEOUT = 120  # seconds for the whole group: a hang fails the tests
 T, V = 6, 5
@@ -129,7 +126,7 @@ def _run_case(name, rank):
 FAILURES = {
     "no_observed_token": (dict(window=T), "window(s) without any observed token"),
     "wrong_window": (dict(window=T), f"X has windows of {T - 1} tokens but window={T}"),
-    "window_mismatch": (dict(window=None), f"X has windows of {T - 1} tokens, but rank 0's X has {T}"),
+    "window_mismatch": (dict(window=None), f"X has {T - 1} tokens per window, but rank 0's X has {T}"),
     "one_dimensional": (dict(window=T), "Expected 2D array"),
     "negative": (dict(window=T), "Negative values"),
     "X_val_only_on_rank_1": (dict(window=T), "Only ranks [1] of 2 pass X_val"),
@@ -185,31 +182,7 @@ def _worker(rank, store, out):
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Both ranks' results (a list in rank order), from one spawned group of two gloo processes."""
-    tmp = tmp_path_factory.mktemp("dist_hmm")
-    store = tmp / "store"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
-    procs = []
-    for rank in range(WORLD):
-        code = f"import test_distributed_hmm as t; t._worker({rank}, {str(store)!r}, {str(tmp / f'r{rank}.pkl')!r})"
-        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + TIMEOUT
-    outputs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=max(1, deadline - time.monotonic()))
-            outputs.append(out.decode(errors="replace"))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"the process group did not finish within {TIMEOUT} s (a hang)")
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-4000:]
-    results = []
-    for rank in range(WORLD):
-        with open(tmp / f"r{rank}.pkl", "rb") as f:
-            results.append(pickle.load(f))
-    return results
+    return run_gloo_ranks("test_distributed_hmm", tmp_path_factory.mktemp("dist_hmm"), WORLD, TIMEOUT)
 
 
 def _reference(name):

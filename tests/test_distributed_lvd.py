@@ -9,13 +9,9 @@ The processes are spawned once for the module (one process group, every case
 run in turn in it) with a hard timeout, so a hang fails the tests.
 """
 
-import os
 import pickle
-import subprocess
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +20,8 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone
 
 from skpc.lvd import LVDDensity
 
-HERE = Path(__file__).resolve().parent
+from conftest import run_gloo_ranks
+
 WORLD = 2
 TIMEOUT = 150  # seconds for the whole group: a hang fails the tests
 GROUPS = [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
@@ -188,31 +185,7 @@ def _worker(rank, store, out):
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Both ranks' results (a list in rank order), from one spawned group of two gloo processes."""
-    tmp = tmp_path_factory.mktemp("dist_lvd")
-    store = tmp / "store"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
-    procs = []
-    for rank in range(WORLD):
-        code = f"import test_distributed_lvd as t; t._worker({rank}, {str(store)!r}, {str(tmp / f'r{rank}.pkl')!r})"
-        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + TIMEOUT
-    outputs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=max(1, deadline - time.monotonic()))
-            outputs.append(out.decode(errors="replace"))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"the process group did not finish within {TIMEOUT} s (a hang)")
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-4000:]
-    results = []
-    for rank in range(WORLD):
-        with open(tmp / f"r{rank}.pkl", "rb") as f:
-            results.append(pickle.load(f))
-    return results
+    return run_gloo_ranks("test_distributed_lvd", tmp_path_factory.mktemp("dist_lvd"), WORLD, TIMEOUT)
 
 
 def _reference(name):

@@ -105,6 +105,34 @@ class DistributedError(ValueError):
     """The error every rank raises when some rank's input was refused."""
 
 
+def check_same_facts(facts, size_key, size_name, flags=(("has_X_val", "pass X_val"),)):
+    """Refuse processes whose data disagree, with the same error on every
+    process (``facts`` are every rank's, shared by ``agree_on``).
+
+    Parameters
+    ----------
+    facts : list of dict, one per rank
+    size_key : str
+        The fact every rank must share, e.g. "n_features".
+    size_name : str
+        What it counts, for the message, e.g. "features" or "tokens per window".
+    flags : sequence of (key, what)
+        Boolean facts that every rank must share: all or none "what".
+    """
+    sizes = [f[size_key] for f in facts]
+    for rank, size in enumerate(sizes):
+        if size != sizes[0]:
+            raise DistributedError(
+                f"[rank {rank} of {len(facts)}] X has {size} {size_name}, but rank 0's X has {sizes[0]} "
+                f"({size_name} of every rank: {sizes}); every process must pass rows with the same {size_name}."
+            )
+    for key, what in flags:
+        values = [f[key] for f in facts]
+        if len(set(values)) > 1:
+            ranks = [rank for rank, value in enumerate(values) if value]
+            raise DistributedError(f"Only ranks {ranks} of {len(facts)} {what}; every process must do so, or none.")
+
+
 class DataParallel:
     """The collectives data-parallel training needs, over a process group.
 
