@@ -59,22 +59,30 @@ def draw_seed(random_state):
     return int(random_state.randint(np.iinfo(np.int32).max))
 
 
-def validation_split(n_samples, early_stopping, validation_fraction, seeds, auto_rows):
+# Rows (or windows) from which early_stopping="auto" holds out a validation
+# split. Even small data gains: without it, EM drives Gaussian leaves of a
+# 10 x 10-sum circuit onto single training points (30 rows of N(0, I_3):
+# held-out log-likelihood -80.9 nats, with a 3-row split -4.5, the truth -4.3).
+AUTO_EARLY_STOPPING_ROWS = 20
+
+
+def validation_split(n_samples, early_stopping, validation_fraction, seeds, unit="rows"):
     """(train rows, validation rows or None) of ``n_samples`` training rows.
 
-    ``early_stopping`` "auto" holds out rows from ``auto_rows`` rows on;
-    ``seeds`` is the fit's numpy RandomState (drawn on the host).
+    ``early_stopping`` "auto" holds out rows from ``AUTO_EARLY_STOPPING_ROWS``
+    on; ``seeds`` is the fit's numpy RandomState (drawn on the host);
+    ``unit`` names the rows in the error message ("windows" for an HMM).
     """
     enabled = early_stopping
     if enabled == "auto":
-        enabled = n_samples >= auto_rows
+        enabled = n_samples >= AUTO_EARLY_STOPPING_ROWS
     if not enabled:
         return np.arange(n_samples), None
     n_valid = int(round(validation_fraction * n_samples))
     if n_valid < 1 or n_valid >= n_samples:
         raise ValueError(
             f"early_stopping with validation_fraction={validation_fraction} leaves {n_valid} of "
-            f"{n_samples} rows for validation; use more rows, another validation_fraction, or "
+            f"{n_samples} {unit} for validation; use more {unit}, another validation_fraction, or "
             "early_stopping=False."
         )
     order = seeds.permutation(n_samples)

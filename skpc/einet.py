@@ -22,6 +22,7 @@ from .base import (
     resolve_device,
     resolve_dtype,
     torch_generator,
+    validation_split,
     warn_not_converged,
 )
 from .queries import CircuitQueriesMixin, check_no_inf, score_in_batches
@@ -427,23 +428,6 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
             pseudocount=float(self.pseudocount),
         )
 
-    def _validation_split(self, n_samples, seeds):
-        """(train rows, validation rows or None) of the training data."""
-        enabled = self.early_stopping
-        if enabled == "auto":
-            enabled = n_samples >= AUTO_EARLY_STOPPING_ROWS
-        if not enabled:
-            return np.arange(n_samples), None
-        n_valid = int(round(self.validation_fraction * n_samples))
-        if n_valid < 1 or n_valid >= n_samples:
-            raise ValueError(
-                f"early_stopping with validation_fraction={self.validation_fraction} leaves {n_valid} of "
-                f"{n_samples} rows for validation; use more rows, another validation_fraction, or "
-                "early_stopping=False."
-            )
-        order = seeds.permutation(n_samples)
-        return np.sort(order[n_valid:]), np.sort(order[:n_valid])
-
     # ----------------------------------------------------------------- fit
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, X_val=None):
@@ -638,7 +622,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         # drawn on the host, in this order: the same structure and split on every device
         structure_seed = draw_seed(seeds)
         if hold_out:
-            train_rows, valid_rows = self._validation_split(n_total, seeds)
+            train_rows, valid_rows = validation_split(n_total, self.early_stopping, self.validation_fraction, seeds)
         else:
             train_rows, valid_rows = np.arange(n_total), None
         generator = torch_generator(draw_seed(seeds), data.device)
@@ -747,11 +731,6 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         return tags
 
 
-# Rows from which early_stopping="auto" holds out a validation split. Even
-# small data gains: without it, EM drives Gaussian leaves of a 10 x 10-sum
-# circuit onto single training points (30 rows of N(0, I_3): held-out
-# log-likelihood -80.9 nats, with a 3-row split -4.5, the truth -4.3).
-AUTO_EARLY_STOPPING_ROWS = 20
 
 
 def _same(a, b):

@@ -24,12 +24,11 @@ from .base import (
     resolve_device,
     resolve_dtype,
     torch_generator,
+    validation_split,
     warn_not_converged,
 )
 from .text import SuffixAssigner, check_windows
 
-# Windows from which early_stopping="auto" holds out a validation split.
-AUTO_EARLY_STOPPING_ROWS = 20
 # Tokens (windows x window) of the LVD initialization sample of a
 # data-parallel fit: the assigner is fitted on rank 0 on at most this many
 # training tokens gathered from every process (all training windows below
@@ -262,22 +261,6 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
             max_full_batch_iter=self.max_full_batch_iter,
         )
 
-    def _validation_split(self, n_samples, seeds):
-        enabled = self.early_stopping
-        if enabled == "auto":
-            enabled = n_samples >= AUTO_EARLY_STOPPING_ROWS
-        if not enabled:
-            return np.arange(n_samples), None
-        n_valid = int(round(self.validation_fraction * n_samples))
-        if n_valid < 1 or n_valid >= n_samples:
-            raise ValueError(
-                f"early_stopping with validation_fraction={self.validation_fraction} leaves {n_valid} of "
-                f"{n_samples} windows for validation; use more windows, another validation_fraction, or "
-                "early_stopping=False."
-            )
-        order = seeds.permutation(n_samples)
-        return np.sort(order[n_valid:]), np.sort(order[:n_valid])
-
     def _configured_assigner(self, seed, progress):
         """A clone of the assigner (default ``SuffixAssigner()``) set up for this model."""
         assigner = SuffixAssigner() if self.assigner is None else clone(self.assigner)
@@ -423,7 +406,9 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
         if comm is not None:
             seeds = comm.broadcast(seeds)  # rank 0's generator state: the same draws everywhere
         if X_val is None:
-            train_rows, valid_rows = self._validation_split(n_total, seeds)
+            train_rows, valid_rows = validation_split(
+                n_total, self.early_stopping, self.validation_fraction, seeds, unit="windows"
+            )
         else:
             train_rows, valid_rows = np.arange(n_total), None
         assigner_seed = draw_seed(seeds)

@@ -39,8 +39,6 @@ from .queries import CircuitQueriesMixin, check_no_inf, score_in_batches
 from .structure import RegionGraph, chow_liu_tree, hclt_region_graph, random_binary_trees
 from .structure.compose import compose_region_graphs
 
-# Rows from which early_stopping="auto" holds out a validation split (as EinsumNetworkDensity).
-AUTO_EARLY_STOPPING_ROWS = 20
 # The partition layer of every LVD circuit (see the class docstring).
 LAYER = "einsum"
 # Values (rows x features) of the initialization sample of a data-parallel
@@ -443,7 +441,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         assigner_seed, structure_seeds = draw_seed(seeds), np.random.RandomState(draw_seed(seeds))
         if X_val is None:
             train_rows, valid_rows = validation_split(
-                n_samples, self.early_stopping, self.validation_fraction, seeds, AUTO_EARLY_STOPPING_ROWS
+                n_samples, self.early_stopping, self.validation_fraction, seeds
             )
             X_fit, X_held = X[train_rows], None if valid_rows is None else X[valid_rows]
         else:
@@ -588,7 +586,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         assigner_seed, structure_seeds = draw_seed(seeds), np.random.RandomState(draw_seed(seeds))
         if X_val is None:
             train_rows, valid_rows = validation_split(
-                n_total, self.early_stopping, self.validation_fraction, seeds, AUTO_EARLY_STOPPING_ROWS
+                n_total, self.early_stopping, self.validation_fraction, seeds
             )
         else:
             train_rows, valid_rows = np.arange(n_total), None
