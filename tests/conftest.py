@@ -400,3 +400,32 @@ def run_gloo_ranks(module, tmp, world, timeout):
         with open(tmp / f"r{rank}.pkl", "rb") as f:
             results.append(pickle.load(f))
     return results
+
+
+def join_gloo_group(rank, store, world):
+    """In a spawned worker: one torch thread, and the gloo group of ``world``
+    processes through the file ``store`` (60 s timeout per collective)."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+
+
+def finish_gloo_worker(rank, results, out):
+    """In a spawned worker: one more collective (the group still works after
+    any failures), the results pickled to ``out``, the group closed."""
+    import pickle
+
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(rank + 1)])
+    dist.all_reduce(t)
+    results["after"] = float(t)
+    with open(out, "wb") as f:
+        pickle.dump(results, f)
+    dist.destroy_process_group()

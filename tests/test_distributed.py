@@ -23,7 +23,7 @@ import torch
 from skpc import EinsumNetworkDensity
 from skpc.backend.distributed import local_part, resolve_process_group, row_offsets, shard_rows
 
-from conftest import run_gloo_ranks
+from conftest import finish_gloo_worker, join_gloo_group, run_gloo_ranks
 
 HERE = Path(__file__).resolve().parent
 WORLD = 2
@@ -134,13 +134,7 @@ def _partial_batches():
 
 
 def _worker(rank, store, out):
-    import datetime
-
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
+    join_gloo_group(rank, store, WORLD)
     results = {"rank": rank, "handle": repr(resolve_process_group("auto"))}
     for name in CASES:
         results[name] = _state(_run_case(name, rank))
@@ -158,13 +152,7 @@ def _worker(rank, store, out):
         cut = int(0.6 * len(batch))
         model.partial_fit(batch[:cut] if rank == 0 else batch[cut:])
     results["partial_fit"] = _state(model)
-    # the group still works after the failures: one more collective
-    t = torch.tensor([float(rank + 1)])
-    dist.all_reduce(t)
-    results["after"] = float(t)
-    with open(out, "wb") as f:
-        pickle.dump(results, f)
-    dist.destroy_process_group()
+    finish_gloo_worker(rank, results, out)
 
 
 @pytest.fixture(scope="module")

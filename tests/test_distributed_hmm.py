@@ -13,13 +13,12 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import BaseEstimator, clone
 
 from skpc.hmm import HMMLanguageModel
 from skpc.text import SuffixAssigner
 
-from conftest import run_gloo_ranks
+from conftest import finish_gloo_worker, join_gloo_group, run_gloo_ranks
 
 WORLD = 2
 TIMEOUT = 120  # seconds for the whole group: a hang fails the tests
@@ -153,13 +152,7 @@ def _failing_fit(kind, rank):
 
 
 def _worker(rank, store, out):
-    import datetime
-
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
+    join_gloo_group(rank, store, WORLD)
     results = {"rank": rank}
     for name in CASES:
         results[name] = _state(_run_case(name, rank))
@@ -170,13 +163,7 @@ def _worker(rank, store, out):
             results[kind] = ("no error", time.perf_counter() - start)
         except ValueError as error:
             results[kind] = (str(error), time.perf_counter() - start)
-    # the group still works after the failures: one more collective
-    t = torch.tensor([float(rank + 1)])
-    dist.all_reduce(t)
-    results["after"] = float(t)
-    with open(out, "wb") as f:
-        pickle.dump(results, f)
-    dist.destroy_process_group()
+    finish_gloo_worker(rank, results, out)
 
 
 @pytest.fixture(scope="module")
