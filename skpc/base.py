@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_array
 
 # Bumped whenever the pickled layout of a fitted estimator changes; a pickle
 # of another layout is refused with a clear error instead of misbehaving.
-SERIALIZATION_VERSION = 3  # 2: named weight tensors, leaf_, fitted circuit parameters; 3: n_hclt, pseudocount, distributed
+SERIALIZATION_VERSION = 4  # 2: named weight tensors, leaf_, fitted circuit parameters; 3: n_hclt, pseudocount, distributed; 4: softening, pseudocount per distribution
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

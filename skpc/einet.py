@@ -1,6 +1,7 @@
 """EinsumNetworkDensity: the scikit-learn face of the Einsum Networks engine."""
 
 import copy
+import dataclasses
 import math
 from numbers import Integral, Real
 
@@ -139,21 +140,49 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         the best parameters while they improve the score (0: none). They
         bring leaves with many states to the full-batch fixed point, which
         mini-batches of 100 rows cannot reach.
-    pseudocount : float, default=0.0
-        MAP-EM (EM only; ignored by Adam): a symmetric Dirichlet pseudocount
-        added to the expected count of every sum weight, and a conjugate
-        prior worth ``pseudocount`` pseudo-observations on every leaf
-        density. Its mean: the uniform distribution for Bernoulli, binomial
-        (p = 1/2) and categorical leaves; for Gaussian and Poisson leaves the
-        variable's data-wide mean statistics (the posterior-weighted mean,
-        and for Gaussians second moment, of the variable pooled over the
-        leaf region's densities), so means and variances are pulled toward
-        the variable's. A density or weight that sees no data moves to the
-        prior instead of keeping its value. It is the prior of the whole
-        training set: a mini-batch adds its share, ``pseudocount *
-        batch_rows / n_train_rows``; a ``partial_fit`` call adds all of it.
-        0 is maximum-likelihood EM. Small data sets (tens of rows) gain
-        from e.g. 0.1 to 1.
+    pseudocount : float or "auto", default="auto"
+        MAP-EM (EM only; ignored by Adam): a prior worth ``pseudocount``
+        pseudo-observations on every distribution of the circuit. Sum
+        weights: a symmetric Dirichlet adding ``pseudocount / n`` to the
+        expected count of each of a distribution's n weights (an einsum
+        node over K^2 products gets 1/K^2 of it on each). Leaves: a
+        conjugate prior worth ``pseudocount`` observations, whose mean is
+        the uniform distribution for Bernoulli, binomial (p = 1/2) and
+        categorical leaves (``pseudocount / C`` on each of C states), and
+        for Gaussian and Poisson leaves the variable's data-wide mean
+        statistics (the posterior-weighted mean, and for Gaussians second
+        moment, of the variable pooled over the leaf region's densities),
+        so means and variances are pulled toward the variable's. A density
+        or weight distribution that sees no data moves to the prior instead
+        of keeping its value. It is the prior of the whole training set: a
+        mini-batch adds its share, ``pseudocount * batch_rows /
+        n_train_rows``; a ``partial_fit`` call adds all of it. 0 is
+        maximum-likelihood EM. "auto" (``pseudocount_`` holds the value
+        used): 1 when every leaf is discrete with finitely many states
+        (Bernoulli, binomial, categorical, or ``leaf="auto"`` picking
+        categorical), else 0. There the prior costs little on large data
+        and keeps small or high-cardinality data (tens of rows, 8-bit
+        pixels) from putting almost no mass on values a density never saw;
+        with Gaussian or Poisson leaves, its pull toward the variable's
+        pooled statistics fitted continuous data worse and slowed EM down
+        (``benchmarks/RESULTS.md``, section 11). Use 0 for noise-free
+        discrete data whose exact patterns the model should reproduce.
+    softening : float in (0, 1], default=1.0
+        Data softening (Liu & Van den Broeck, "Tractable Regularization of
+        Probabilistic Circuits", NeurIPS 2021), a regularizer of EM for
+        discrete leaves (Bernoulli, binomial, categorical, or ``"auto"``
+        when it picks categorical; others, and Adam, raise ValueError): EM
+        learns from softened training rows, in which every observed value
+        is kept with weight ``softening`` and replaced by each of the other
+        C - 1 states of its variable with weight ``(1 - softening) / (C -
+        1)``. A leaf density's estimate is thereby smoothed toward the
+        other states in closed form (on rows that all show one value it
+        gives that value probability ``softening``, not 1). Only training
+        sees it: validation scores, ``score_samples`` and every query use
+        the data as given; ``train_scores_`` hold the log-likelihood of the
+        soft evidence, ``lower_bound_`` the plain one. Values above 1/C are
+        meaningful (1/C makes the evidence uniform); small data sets gain
+        from e.g. 0.9 to 0.99. 1.0 is off.
     device : {"cpu", "cuda", "auto"} or "cuda:N", default="cpu"
         Where the circuit runs; "auto" picks CUDA when available. Results are
         always returned as numpy float64 arrays.
@@ -199,6 +228,8 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
     leaf_ : ExponentialFamilyLeaf
         The fitted leaf family (categories, trials and bounds inferred or
         given at fit).
+    pseudocount_ : float
+        The MAP-EM prior's strength the fit used (``pseudocount``, "auto" resolved).
     n_sums_ : int
     layer_ : str
     params_ : CircuitParams
@@ -246,7 +277,8 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left"), None],
         "max_full_batch_iter": [Interval(Integral, 0, None, closed="left")],
-        "pseudocount": [Interval(Real, 0, None, closed="left")],
+        "pseudocount": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
+        "softening": [Interval(Real, 0, 1, closed="right")],
         "device": [str],
         "dtype": [StrOptions({"float32", "float64"})],
         "random_state": ["random_state"],
@@ -288,7 +320,8 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         n_iter_no_change=3,
         tol=1e-4,
         max_full_batch_iter=50,
-        pseudocount=0.0,
+        pseudocount="auto",
+        softening=1.0,
         device="cpu",
         dtype="float32",
         random_state=None,
@@ -320,6 +353,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         self.tol = tol
         self.max_full_batch_iter = max_full_batch_iter
         self.pseudocount = pseudocount
+        self.softening = softening
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
@@ -425,7 +459,8 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
             tol=self.tol,
             n_iter_no_change=self.n_iter_no_change,
             max_full_batch_iter=self.max_full_batch_iter,
-            pseudocount=float(self.pseudocount),
+            pseudocount=0.0 if self.pseudocount == "auto" else float(self.pseudocount),  # "auto": see _with_prior
+            softening=float(self.softening),
         )
 
     # ----------------------------------------------------------------- fit
@@ -547,7 +582,17 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         data.offset = int(row_offsets(data.counts)[0 if comm is None else comm.rank])
         if not data.legacy:
             data.leaf = _global_leaf(data, facts)
+        data.schedule = dataclasses.replace(data.schedule, pseudocount=self._pseudocount(data.leaf))
         return data
+
+    def _pseudocount(self, leaf):
+        """The prior's strength for the (inferred) ``leaf``: ``pseudocount``,
+        or for "auto" AUTO_PSEUDOCOUNT when every family is discrete with
+        finitely many states, else 0."""
+        if self.pseudocount != "auto":
+            return float(self.pseudocount)
+        families = getattr(leaf, "families", [leaf])
+        return AUTO_PSEUDOCOUNT if all(family.n_states is not None for family in families) else 0.0
 
     def _check_data(self, X, X_val, partial, distributed):
         """This process's rows, validated: a _FitData (raises ValueError)."""
@@ -712,6 +757,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
     def _store(self, data, start, params, query_params):
         self.region_graph_ = start.graph
         self.leaf_ = data.leaf
+        self.pseudocount_ = data.schedule.pseudocount
         self.n_sums_ = start.n_sums
         self.layer_ = start.layer
         self.params_ = params
@@ -742,6 +788,10 @@ def _same(a, b):
 
 
 # ------------------------------------------------------------- fit helpers
+# pseudocount="auto" with discrete leaves: one pseudo-observation per
+# distribution (benchmarks/RESULTS.md, section 11).
+AUTO_PSEUDOCOUNT = 1.0
+
 # Values (rows x features) of the initialization sample: structure learning
 # and initialization read at most this many training values when the rows
 # stream from a memmap or live in several processes (all of them below it,

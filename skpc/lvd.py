@@ -162,6 +162,17 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         (fine-tuning, or distillation when ``finetune_max_iter=0``), as in
         :class:`~skpc.EinsumNetworkDensity`; distillation followed by
         fine-tuning ends with its stochastic phase.
+    pseudocount : float, default=0.0
+        MAP-EM in both EM stages, as :class:`~skpc.EinsumNetworkDensity`'s
+        ``pseudocount``: a prior worth this many pseudo-observations on every
+        distribution of the circuit (sum weights and leaves); 0 is
+        maximum-likelihood EM. The default stays 0 here (the estimator
+        above defaults to 1): with Gaussian leaves the prior's pull toward
+        the pooled statistics kept the full-batch fine-tuning of small data
+        sets improving by more than ``tol`` for all of its 50 epochs.
+    softening : float in (0, 1], default=1.0
+        Data softening in both EM stages, as :class:`~skpc.EinsumNetworkDensity`'s
+        ``softening`` (discrete leaves only); 1.0 is off.
     device : {"cpu", "cuda", "auto"} or "cuda:N", default="cpu"
     dtype : {"float32", "float64"}, default="float32"
     random_state : int, RandomState instance or None, default=None
@@ -243,6 +254,8 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left"), None],
         "max_full_batch_iter": [Interval(Integral, 0, None, closed="left")],
+        "pseudocount": [Interval(Real, 0, None, closed="left")],
+        "softening": [Interval(Real, 0, 1, closed="right")],
         "device": [str],
         "dtype": [StrOptions({"float32", "float64"})],
         "random_state": ["random_state"],
@@ -280,6 +293,8 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         n_iter_no_change=3,
         tol=1e-4,
         max_full_batch_iter=50,
+        pseudocount=0.0,
+        softening=1.0,
         device="cpu",
         dtype="float32",
         random_state=None,
@@ -312,6 +327,8 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.max_full_batch_iter = max_full_batch_iter
+        self.pseudocount = pseudocount
+        self.softening = softening
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
@@ -398,6 +415,8 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
             tol=self.tol,
             n_iter_no_change=self.n_iter_no_change,
             max_full_batch_iter=self.max_full_batch_iter if full_batch else 0,
+            pseudocount=float(self.pseudocount),
+            softening=float(self.softening),
         )
 
     # ----------------------------------------------------------------- fit

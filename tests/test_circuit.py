@@ -181,3 +181,36 @@ def test_cp_estimator_option_fits_and_normalizes():
     assert abs(logsumexp(model.score_samples(all_states(6)))) < 1e-5
     einsum = EinsumNetworkDensity(leaf="bernoulli", n_sums=4, depth=2, n_repetitions=2, random_state=0).fit(X)
     assert model.n_parameters_ < einsum.n_parameters_
+
+
+def test_shared_store_reads_change_no_value_or_gradient(monkeypatch):
+    """A chain-shaped hidden Chow-Liu tree reads its leaf store at every level: those reads are one
+    index_select split into pieces (circuit._SharedRead); values and gradients equal per-level gathers."""
+    import skpc.backend.circuit as circuit_module
+    from skpc.structure import hclt_region_graph
+
+    D, K = 12, 3
+    graph = hclt_region_graph(np.array([-1] + list(range(D - 1))), 0)  # a chain: height D - 1
+    rng = np.random.default_rng(0)
+    X = torch.tensor((rng.random((20, D)) < 0.4).astype(float))
+    X[rng.random(X.shape) < 0.1] = float("nan")
+
+    def value_and_grads(min_readers):
+        monkeypatch.setattr(circuit_module, "SHARED_READ_MIN_READERS", min_readers)
+        circuit = CompiledCircuit(graph, K, make_leaf("bernoulli"), "cpu", layer="cp")
+        params = circuit.init_params(X.nan_to_num(0.0), torch.Generator().manual_seed(1), torch.float64)
+        weights = [w.detach().requires_grad_(True) for w in params.tensors()]
+        leaf = params.leaf.detach().requires_grad_(True)
+        p = params.with_weights(weights)
+        p.leaf = leaf
+        out = circuit.log_prob(X, p)
+        grads = torch.autograd.grad(out.sum(), [leaf, *weights])
+        return circuit, out.detach(), grads
+
+    shared, out, grads = value_and_grads(3)
+    assert 0 in shared.shared_reads and len(shared.shared_reads[0][1]) >= D - 2  # the leaf store, read by every level
+    plain, out_plain, grads_plain = value_and_grads(10**9)
+    assert not plain.shared_reads
+    np.testing.assert_allclose(out.numpy(), out_plain.numpy(), rtol=1e-13)
+    for a, b in zip(grads, grads_plain):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-14)

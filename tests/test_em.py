@@ -184,7 +184,7 @@ def test_estimator_full_batch_step_equals_closed_form():
     X = _gaussian_data(rng, n=100, d=2)
     model = EinsumNetworkDensity(
         depth=0, n_repetitions=1, n_sums=3, max_iter=1, batch_size=None, tol=None, early_stopping=False, min_var=0.01,
-        dtype="float64", random_state=0, warm_start=True,
+        dtype="float64", random_state=0, warm_start=True, pseudocount=0.0,  # maximum-likelihood EM
     ).fit(X)
     phi = model.params_.leaf[0].numpy()
     root = model.params_.root.numpy()

@@ -38,6 +38,7 @@ CHANGED = {
     "tol": 5.0,
     "max_full_batch_iter": 0,
     "pseudocount": 2.0,
+    "softening": 0.9,
     "device": "cpu",
     "dtype": "float64",
     "random_state": 99,

@@ -215,6 +215,29 @@ def test_single_group_without_finetuning_is_the_closed_form_mixture():
     np.testing.assert_allclose(model.score_samples(X), np.log(density), atol=1e-8)
 
 
+@pytest.mark.parametrize("pseudocount, softening", [(0.0, 1.0), (1.5, 1.0), (0.0, 0.9), (1.5, 0.9)])
+def test_distillation_map_and_softened_step_is_the_closed_form(pseudocount, softening):
+    """With every row's code observed, one full-batch distillation step of MAP-EM on softened data
+    is the closed form: mixture weights (n_c + a / K) / (N + a), Bernoulli means
+    ((2 beta - 1) sum x + (1 - beta) n_c + a / 2) / (n_c + a)."""
+    X = latent_binary_data(n_groups=1, size=6)
+    K = 3
+    model = LVDDensity(
+        assigner=MeanCodes([list(range(6))], K), n_clusters=K, leaf="bernoulli", sub_structure="factorized",
+        finetune_max_iter=0, batch_size=None, early_stopping=False, max_iter=1, max_full_batch_iter=0, tol=None,
+        dtype="float64", random_state=0, pseudocount=pseudocount, softening=softening,
+    ).fit(X)
+    codes = model.assigner_.transform(X)[:, 0]
+    n = np.bincount(codes, minlength=K).astype(float)
+    np.testing.assert_allclose(model.params_.root.numpy(), (n + pseudocount / K) / (len(X) + pseudocount), rtol=1e-9)
+    leaf = model.params_.leaf.numpy()  # (1, 6, K, 1): Bernoulli means
+    for c in range(K):
+        ones = X[codes == c].sum(0)
+        want = ((2 * softening - 1) * ones + (1 - softening) * n[c] + pseudocount / 2) / (n[c] + pseudocount)
+        if n[c] + pseudocount > 0:
+            np.testing.assert_allclose(leaf[0, :, c, 0], np.clip(want, 1e-6, 1 - 1e-6), rtol=1e-6)
+
+
 def test_distillation_trains_each_sub_circuit_output_on_its_rows_only():
     # Lemma 1: with the codes observed, the leaves of group i's output c see
     # exactly the rows assigned c (here: their closed-form means)

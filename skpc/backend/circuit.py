@@ -171,36 +171,114 @@ class ForwardPass:
 
 
 @dataclass
+class _Part:
+    """The rows a gather takes from one store, in the gather's order within that store."""
+
+    source: int  # the store's height
+    rows: torch.Tensor  # (m,) rows of the store
+    start: int = -1  # >= 0 when the rows are one contiguous block
+    piece: int = -1  # >= 0: this piece of the store's shared read (see _SharedRead)
+
+    def __call__(self, stores, shared):
+        if self.piece >= 0:
+            return shared[self.source].pieces(stores)[self.piece]
+        if self.start >= 0:
+            return stores[self.source][self.start : self.start + len(self.rows)]
+        return stores[self.source].index_select(0, self.rows)
+
+
+@dataclass
 class _Gather:
-    """Rows taken from one or more stores: ``cat(stores[sources])[index]``."""
+    """Rows taken from one or more stores: the rows of each source store
+    (``parts``), concatenated, then put in the gather's order (``order``)."""
 
     sources: list
-    index: torch.Tensor
+    parts: list  # one _Part per source
+    order: object  # (n,) tensor: positions in cat(parts) of the gathered rows; None when in order
     row_height: np.ndarray = field(repr=False)  # (n,) height of each gathered row
     row: np.ndarray = field(repr=False)  # (n,) row within that height's store
-    start: int = -1  # >= 0 when the rows are one contiguous block of one store
 
-    def __call__(self, stores):
-        if self.start >= 0:
-            return stores[self.sources[0]][self.start : self.start + len(self.row)]
-        if len(self.sources) == 1:
-            return stores[self.sources[0]].index_select(0, self.index)
-        return torch.cat([stores[s] for s in self.sources], 0).index_select(0, self.index)
+    @property
+    def start(self):
+        """>= 0 when the rows are one contiguous block of one store."""
+        return self.parts[0].start if len(self.parts) == 1 and self.order is None else -1
+
+    def __call__(self, stores, shared=None):
+        """The gathered rows (n, K, B); ``shared``: this pass's shared reads (height -> _SharedRead)."""
+        pieces = [part(stores, shared) for part in self.parts]
+        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, 0)
+        # the reorder gathers n rows, never a whole store: its backward is as small
+        return out if self.order is None else out.index_select(0, self.order)
 
 
-def _make_gather(heights, rows, store_sizes, device):
+class _SharedRead:
+    """One read of a store for every gather part that takes rows from it.
+
+    A part is a slice or an ``index_select``, and the backward pass of
+    either fills a gradient the size of the whole store. When many levels
+    read one store (the leaf store of a deep hidden Chow-Liu tree: each of
+    its up to D levels reads a few leaf regions), that is height x
+    store-size work and memory. Reading all their rows with one
+    ``index_select`` and splitting the result costs one store-sized
+    gradient, whatever the number of readers. Built per forward pass
+    (``pieces`` caches).
+    """
+
+    def __init__(self, height, index, sizes):
+        self.height = height
+        self.index = index  # (sum(sizes),) rows of the store, reader after reader
+        self.sizes = sizes
+        self._pieces = None
+
+    def pieces(self, stores):
+        if self._pieces is None:
+            # the store is complete: its readers are all at greater heights
+            self._pieces = torch.split(stores[self.height].index_select(0, self.index), self.sizes)
+        return self._pieces
+
+
+# A store read by at least this many gather parts is read once and split
+# (_SharedRead); one or two readers keep their slices, free in the forward pass.
+SHARED_READ_MIN_READERS = 3
+
+
+def _share_reads(gathers):
+    """Mark the parts of ``gathers`` that read a store read by at least
+    SHARED_READ_MIN_READERS parts; returns {height: (index, sizes)}."""
+    readers = {}
+    for g in gathers:
+        for part in g.parts:
+            if len(part.rows):
+                readers.setdefault(part.source, []).append(part)
+    shared = {}
+    for height, group in readers.items():
+        if len(group) < SHARED_READ_MIN_READERS:
+            continue
+        for i, part in enumerate(group):
+            part.piece = i
+        shared[height] = (torch.cat([part.rows for part in group]), [len(part.rows) for part in group])
+    return shared
+
+
+def _make_gather(heights, rows, device):
     heights = np.asarray(heights, dtype=np.int64)
     rows = np.asarray(rows, dtype=np.int64)
     sources = sorted(set(heights.tolist()))
-    offset, start = {}, 0
+    parts, positions = [], []
     for s in sources:
-        offset[s] = start
-        start += store_sizes[s]
-    index = np.array([offset[h] + r for h, r in zip(heights, rows)], dtype=np.int64)
-    start = -1
-    if len(sources) == 1 and len(index) and (np.diff(index) == 1).all():
-        start = int(index[0])
-    return _Gather(sources, torch.as_tensor(index, device=device), heights, rows, start)
+        mine = np.flatnonzero(heights == s)  # the gathered rows from store s, in gather order
+        positions.append(mine)
+        r = rows[mine]
+        start = int(r[0]) if len(r) and (np.diff(r) == 1).all() else -1
+        parts.append(_Part(s, torch.as_tensor(r, device=device), start))
+    concatenated = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    order = None
+    if (concatenated != np.arange(len(heights))).any():
+        # position in cat(parts) of gathered row i
+        inverse = np.empty(len(heights), dtype=np.int64)
+        inverse[concatenated] = np.arange(len(heights))
+        order = torch.as_tensor(inverse, device=device)
+    return _Gather(sources, parts, order, heights, rows)
 
 
 # Elements of the widest intermediate tensor of one pass (float32: 128 MiB).
@@ -336,8 +414,8 @@ class CompiledCircuit:
             parts = order_parts[h]
             left_heights, left_rows = zip(*(location(graph.partitions[p][1][0]) for p in parts))
             right_heights, right_rows = zip(*(location(graph.partitions[p][1][1]) for p in parts))
-            self.left.append(_make_gather(left_heights, left_rows, self.region_store_sizes, dev))
-            self.right.append(_make_gather(right_heights, right_rows, self.region_store_sizes, dev))
+            self.left.append(_make_gather(left_heights, left_rows, dev))
+            self.right.append(_make_gather(right_heights, right_rows, dev))
             multi = mix_regions[h]
             if multi:
                 width = max(len(region_parts[r]) for r in multi)
@@ -349,7 +427,7 @@ class CompiledCircuit:
                     pad_mask[m, : len(region_parts[r])] = False
                     heights += [a for a, _ in locations]
                     rows += [b for _, b in locations]
-                self.mix_gather.append(_make_gather(heights, rows, self.partition_store_sizes, dev))
+                self.mix_gather.append(_make_gather(heights, rows, dev))
                 self.mix_pad.append(torch.as_tensor(pad_mask, device=dev))
                 self.mix_padded.append(bool(pad_mask.any()))
             else:
@@ -366,6 +444,10 @@ class CompiledCircuit:
             and self.region_store_sizes[h - 1] == 2 * len(self.left[h].row)
             for h in range(1, H + 1)
         ]
+        # (halves levels read their store whole, so their slices stay views)
+        self.shared_reads = _share_reads(
+            [g for h in range(1, H + 1) if not self.children_are_halves[h] for g in (self.left[h], self.right[h])]
+        )
 
     def _weight_specs(self):
         K = self.n_sums
@@ -435,10 +517,14 @@ class CompiledCircuit:
         """Per-batch leaf data of X (B, D) with NaN = missing (see ``leaf.prepare``)."""
         return self.leaf.prepare(X, self.leaf_scope)
 
-    def leaf_values(self, data, params, semiring="sum"):
+    def leaf_values(self, data, params, semiring="sum", softening=1.0):
         """Leaf region log-values (L0, K, B): densities, or for the max
-        semiring with missing entries at their modes (MPE's upward pass)."""
+        semiring with missing entries at their modes (MPE's upward pass).
+        ``softening`` beta < 1 (sum semiring): the log-likelihoods of softened
+        evidence (``leaf.soft_region_log_prob``; training only)."""
         if semiring == "sum":
+            if softening != 1.0:
+                return self.leaf.soft_region_log_prob(data, params.leaf, softening)
             return self.leaf.region_log_prob(data, params.leaf)
         real = (self.leaf_scope < self.n_variables).to(params.leaf.dtype)  # (L0, S): 0 on padding
         return self.leaf.region_log_max(data, params.leaf, real)
@@ -472,10 +558,11 @@ class CompiledCircuit:
         stores = [self._apply_evidence(leaf_values, masks, 0)]
         partition_stores = [None]
         inputs = [None]
+        shared = {height: _SharedRead(height, *read) for height, read in self.shared_reads.items()}
         for h in range(1, self.height + 1):
             weight = params.weights[f"partition.{h}"]
-            left = self.left[h](stores)
-            right = self.right[h](stores)
+            left = self.left[h](stores, shared)
+            right = self.right[h](stores, shared)
             out = self._partition_layer(h, stores, left, right, weight, semiring)  # (L_h, K, B)
             partition_stores.append(out)
             n_single = self.n_single[h]
@@ -539,10 +626,11 @@ class CompiledCircuit:
             keep[row] &= allowed
         return level.masked_fill(~keep, float("-inf"))
 
-    def log_prob(self, X, params, evidence=None):
+    def log_prob(self, X, params, evidence=None, softening=1.0):
         """The circuit's output per row of X (B, D) (NaN entries marginalized):
-        log p(x) (B,), or (B, K) for a multi-output circuit."""
-        leaf_values = self.leaf_values(self.leaf_inputs(X), params)
+        log p(x) (B,), or (B, K) for a multi-output circuit; with ``softening``
+        beta < 1 that of the softened evidence (see ``leaf_values``)."""
+        leaf_values = self.leaf_values(self.leaf_inputs(X), params, softening=softening)
         return self.forward(leaf_values, params, evidence=evidence).output
 
     def log_prob_in_chunks(self, X, params, evidence=None):

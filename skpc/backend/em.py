@@ -15,14 +15,18 @@ blends the M-step result into the parameters with a step size, the
 ``learning_rate``.
 
 MAP-EM. With a ``pseudocount`` a > 0 the M-step maximizes the expected
-complete log-likelihood plus a log prior: a symmetric Dirichlet on every
-distribution of sum weights that adds a to the expected count of every
-weight (``(n_k + a) / (sum_j n_j + K a)``: the MAP estimate under
-Dirichlet(a + 1), the posterior mean under Dirichlet(a)), and on every leaf
-density a conjugate prior worth a pseudo-observations at the family's
-``prior_mean`` (``ExponentialFamilyLeaf.m_step``). A density or a weight
-distribution that sees no data then moves to the prior's mode instead of
-keeping its old value. a = 0 is plain maximum-likelihood EM.
+complete log-likelihood plus a log prior worth a pseudo-observations on
+every distribution of the circuit: a symmetric Dirichlet on every
+distribution of sum weights over n entries that adds a / n to the expected
+count of each (``(n_k + a/n) / (sum_j n_j + a)``: the MAP estimate under
+Dirichlet(a/n + 1), the posterior mean under Dirichlet(a/n)), and on every
+leaf density a conjugate prior worth a pseudo-observations at the family's
+``prior_mean`` (``ExponentialFamilyLeaf.m_step``; a categorical leaf over C
+states likewise adds a / C to each). The strength is per distribution, not
+per entry: an einsum sum node mixes K^2 products, and a per-entry count
+would make its prior K^2 times stronger than a leaf's. A density or a
+weight distribution that sees no data then moves to the prior's mode
+instead of keeping its old value. a = 0 is plain maximum-likelihood EM.
 """
 
 from dataclasses import dataclass
@@ -108,25 +112,34 @@ class LatentEvidence:
         return {region: allowed[:, i] for i, region in enumerate(self.regions)}
 
 
-def e_step(circuit, X, params, objective=log_likelihood, index=None, evidence=None):
+def e_step(circuit, X, params, objective=log_likelihood, index=None, evidence=None, softening=1.0):
     """Posterior statistics of a batch X (B, D) (NaN = missing).
 
     ``index`` (B,) are the batch's rows in the data set (for objectives with
     per-row targets, and for ``evidence``, a callable index -> {region:
     (B, K) bool mask}, e.g. :class:`LatentEvidence`: EM then maximizes the
-    joint likelihood of X and the observed latents). Returns (objective per
-    row (B,) detached, ExpectedStatistics).
+    joint likelihood of X and the observed latents). ``softening`` beta < 1:
+    data softening (Liu & Van den Broeck 2021), every observed x_d replaced
+    by its state with weight beta and by each other state with (1 - beta) /
+    (C - 1): the objective and the posteriors are those of that soft
+    evidence, and the leaf statistics are the softened data's
+    (``leaf.soft_expected_statistics``); weight counts keep their form,
+    w * dF/dw. Returns (objective per row (B,) detached,
+    ExpectedStatistics).
     """
     data = circuit.leaf_inputs(X)
     with torch.no_grad():
-        leaf_values = circuit.leaf_values(data, params)  # (L0, K, B)
+        leaf_values = circuit.leaf_values(data, params, softening=softening)  # (L0, K, B)
     leaf_values.requires_grad_(True)
     weights = [w.detach().requires_grad_(True) for w in params.tensors()]
     masks = evidence(index) if evidence is not None else None
     output = circuit.forward(leaf_values, params.with_weights(weights), evidence=masks).output
     value = objective(output, index)
     grads = torch.autograd.grad(value.sum(), [leaf_values, *weights])
-    leaf_stats, leaf_counts = circuit.leaf.expected_statistics(data, grads[0])
+    if softening != 1.0:
+        leaf_stats, leaf_counts = circuit.leaf.soft_expected_statistics(data, params.leaf, grads[0], softening)
+    else:
+        leaf_stats, leaf_counts = circuit.leaf.expected_statistics(data, grads[0])
     # w * dF/dw, written over the gradients (fresh tensors nobody else holds)
     weight_counts = [g.mul_(w.detach()) for w, g in zip(weights, grads[1:])]
     return value.detach(), ExpectedStatistics(leaf_stats, leaf_counts, weight_counts)
@@ -137,15 +150,20 @@ def _em_update(counts, old, dim, learning_rate, mask=None, pseudocount=0.0):
 
     (1 - learning_rate) * old + learning_rate * counts / sum(counts), floored at WEIGHT_FLOOR
     and renormalized; a distribution without any count keeps ``old``; entries
-    where ``mask`` is 0 (mixing padding) stay 0. A ``pseudocount`` a > 0 is
-    first added to every (unmasked) entry's count: the MAP update under a
-    symmetric Dirichlet prior, ``(n_k + a) / (sum_j n_j + K a)``. Computed in place in
+    where ``mask`` is 0 (mixing padding) stay 0. With a ``pseudocount`` a > 0,
+    a / n is first added to the count of each of a distribution's n
+    (unmasked) entries: the MAP update under a symmetric Dirichlet prior of
+    total strength a, ``(n_k + a/n) / (sum_j n_j + a)``. Computed in place in
     ``counts``, which is consumed: at K=40 these tensors hold 10^7 entries,
     and each temporary of that size costs more in page faults and memory
     passes than the arithmetic.
     """
     if pseudocount:
-        counts.add_(pseudocount if mask is None else mask * pseudocount)
+        if mask is None:
+            counts.add_(pseudocount / counts.shape[dim])
+        else:
+            # mask (..., 1) along dim: each distribution's own number of real entries
+            counts.add_(mask * (pseudocount / mask.sum(dim, keepdim=True).clamp_min(1.0)))
     total = counts.sum(dim, keepdim=True)  # small: the weights' shape with dim = 1
     # where total is 0 the counts are 0 too, so only ``keep`` needs the case split
     scale = torch.reciprocal(total.clamp_min(torch.finfo(counts.dtype).tiny)).mul_(learning_rate)
@@ -169,6 +187,9 @@ def m_step(circuit, params, stats, learning_rate, pseudocount=0.0):
     args = (params.leaf, stats.leaf_stats, stats.leaf_counts, learning_rate)
     # passed only when set: a leaf whose m_step predates MAP-EM still runs plain EM
     phi = circuit.leaf.m_step(*args, pseudocount=pseudocount) if pseudocount else circuit.leaf.m_step(*args)
+    add_weight_priors = getattr(circuit, "add_weight_priors", None)
+    if add_weight_priors is not None:  # priors that depend on the statistics (the HMM's position prior)
+        add_weight_priors(stats.weight_counts)
     new_weights = [
         _em_update(counts, old, spec.norm_dim, learning_rate, spec.valid_mask(counts.dtype), pseudocount)
         for spec, old, counts in zip(circuit.weight_specs, params.tensors(), stats.weight_counts)

@@ -96,6 +96,23 @@ class Schedule:
         all training rows: a mini-batch of B of the N training rows adds
         ``pseudocount * B / N`` (after the statistics are summed across
         processes), so one epoch adds it once. Ignored by Adam.
+    softening : float in (0, 1]
+        Data softening (Liu & Van den Broeck 2021), beta: EM learns from the
+        softened training rows, in which every observed value x is replaced
+        by each state c of its leaf with weight q(c | x), beta for x itself
+        and (1 - beta) / (C - 1) for each of the other C - 1 states. The
+        posteriors (and so the sum weights' statistics) are those of that
+        soft evidence; a leaf's statistics are the softened data's, E_q[T]
+        (``leaf.soft_expected_statistics``), so its estimate is smoothed in
+        closed form (a Bernoulli leaf on rows that all show 1 gets p =
+        beta). Only training steps see it: validation scores use the data
+        as it is, so early stopping judges the model itself. A training
+        epoch's mean (``EpochRecord.train``) is the log-likelihood of the
+        soft evidence. It needs discrete leaves with finitely many states
+        (Bernoulli, binomial, categorical; ``Trainer`` raises ValueError
+        for others) and EM (ValueError with Adam), and only beta > 1/C
+        keeps the observed state the most likely; 0.9 to 0.99 are
+        typical. 1: off.
     """
 
     optimizer: str = "em"
@@ -106,11 +123,23 @@ class Schedule:
     n_iter_no_change: int = 3
     max_full_batch_iter: int = 50
     pseudocount: float = 0.0
+    softening: float = 1.0
 
     def __post_init__(self):
         value = self.pseudocount
         if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
             raise ValueError(f"pseudocount={self.pseudocount!r} must be a finite number >= 0 (0: plain EM).")
+        value = self.softening
+        if not (isinstance(value, numbers.Real) and 0 < value <= 1):
+            raise ValueError(
+                f"softening={self.softening!r} must be a number in (0, 1]: the probability of keeping each "
+                "observed value (1: no softening; e.g. 0.95)."
+            )
+        if value != 1.0 and self.optimizer != "em":
+            raise ValueError(
+                f"softening={value!r} is a training option of EM (optimizer='em'), not of {self.optimizer!r}: "
+                "use optimizer='em' or softening=1.0."
+            )
 
 
 @dataclass
@@ -272,6 +301,8 @@ class Trainer:
         valid_evidence=None,
         shard=None,
     ):
+        # before any work: the leaves must allow the schedule's softening
+        circuit.leaf.check_softening(schedule.softening)
         self.circuit = circuit
         self.shard = shard
         self.schedule = schedule
@@ -301,13 +332,16 @@ class Trainer:
         processes), with step size ``learning_rate`` in (0, 1]: full-batch EM
         (step 1), or one stochastic-EM step on the batch X (``partial_fit``).
         The schedule's full ``pseudocount`` is added: X is taken for the
-        whole training set (``partial_fit`` cannot know the stream's size).
+        whole training set (``partial_fit`` cannot know the stream's size),
+        and the schedule's ``softening`` applies: X is training data.
 
         Returns (new parameters, mean objective of the rows at ``params``).
         """
         stats, total = None, 0.0
         for idx in _chunks(X.shape[0], self.circuit.chunk_size(), X.device):
-            value, batch_stats = e_step(self.circuit, X[idx], params, self.objective, idx, self.evidence)
+            value, batch_stats = e_step(
+                self.circuit, X[idx], params, self.objective, idx, self.evidence, self.schedule.softening
+            )
             total += float(value.sum())
             if stats is None:
                 stats = batch_stats
@@ -328,7 +362,7 @@ class Trainer:
         n_total = X.shape[0] if self.shard is None else self.shard.n_total
         total, rows = 0.0, 0.0
         for i, idx in enumerate(parts):
-            value, stats = e_step(self.circuit, X[idx], params, self.objective, idx, self.evidence)
+            value, stats = e_step(self.circuit, X[idx], params, self.objective, idx, self.evidence, self.schedule.softening)
             figures = _figures(value.sum(), len(idx), X.device)
             self.reduce([figures])  # the global batch's totals and statistics
             self.reduce(stats.tensors())
@@ -349,7 +383,8 @@ class Trainer:
         for i, idx in enumerate(parts):
             optimizer.zero_grad()
             masks = self.evidence(idx) if self.evidence is not None else None
-            output = self.circuit.log_prob(X[idx], constrain(self.circuit, params_like, tensors), masks)
+            params = constrain(self.circuit, params_like, tensors)
+            output = self.circuit.log_prob(X[idx], params, masks)
             value = self.objective(output, idx)
             figures = _figures(value.detach().sum(), len(idx), X.device)
             self.reduce([figures])

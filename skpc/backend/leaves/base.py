@@ -27,6 +27,11 @@ instance (alone, or as a dict key / list entry for some columns).
 - ``to_unconstrained(phi)`` and ``from_unconstrained(u)``, both keeping the
   shape (..., T), with ``from_unconstrained`` finite on all of R^T;
 - ``init_phi(x_values, spread, generator)``;
+- for data softening (``Schedule.softening``), a discrete family with
+  finitely many states defines ``n_states`` (C); the inherited
+  ``soft_region_log_prob`` and ``soft_expected_statistics`` then work
+  through ``pair_log_prob`` and ``pair_statistics``, which a family that
+  overrides ``prepare`` overrides too (as ``CategoricalLeaf`` does);
 - ``validate(X, columns=None)`` when not every finite value is a valid
   observation (call ``super().validate``), ``infer(X)`` and ``inferred`` when
   a hyper-parameter may be left None for the data to fill, and ``n_free``
@@ -67,6 +72,9 @@ class ExponentialFamilyLeaf:
     discrete = True
     # hyper-parameters that may be left None for ``infer`` to fill from data
     inferred = ()
+    # C, the number of states of a discrete family with finitely many (what
+    # data softening needs); None: real values or unbounded counts
+    n_states = None
     # columns of the X ``infer`` saw (None before): the padding index D of
     # ``n_free_parameters`` when not given; not part of the configuration
     _n_features = None
@@ -301,6 +309,104 @@ class ExponentialFamilyLeaf:
     def n_columns(self):
         """F: statistics, the observed indicator, and log h(x) when h != 1."""
         return self.n_stats + 1 + int(self.has_base_measure)
+
+    # ------------------------------------------------------ data softening
+    def pair_log_prob(self, data, phi):
+        """log p(x_s) of every density of every (region, variable) pair: (L, S, K, B).
+
+        Unsummed over the scope, unlike ``region_log_prob``; 0 where x is
+        missing (families may leave any finite value there: callers mask
+        with ``observed``).
+        """
+        L, SF, B = data.shape
+        F = self.n_columns
+        lhs = self._stacked_natural(phi)  # (L, K, S*F)
+        K = lhs.shape[1]
+        # per pair, [theta, c, 1] (F,) . [obs T(x), obs, obs log h] (F,): (L, K, S, F) x (L, S, F, B)
+        return torch.einsum("lksf,lsfb->lskb", lhs.view(L, K, SF // F, F), data.view(L, SF // F, F, B))
+
+    def pair_statistics(self, data, weights):
+        """``sum_b weights * T(x_b)`` per pair and density: (L, S, K, T).
+
+        ``weights`` (L, S, K, B), per pair (not per region as the gradient of
+        ``expected_statistics``), 0 where x is missing.
+        """
+        L, SF, B = data.shape
+        F = self.n_columns
+        acc = torch.einsum("lskb,lsfb->lskf", weights, data.view(L, SF // F, F, B))  # (L, S, K, F)
+        return acc[..., : self.n_stats]
+
+    def check_softening(self, softening, columns=None):
+        """Raise ValueError unless data softening with beta = ``softening``
+        applies to this family (a finite number of states); 1 (off) always does.
+
+        ``columns``: the columns of X that use the family (given by
+        ``MixedLeaf``), for the message.
+        """
+        if softening == 1.0 or self.n_states is not None:
+            return
+        kind = "real values" if not self.discrete else "counts without an upper bound"
+        where = "" if columns is None else f" (used in {_columns_text(columns, np.ones(len(columns), bool))})"
+        raise ValueError(
+            f"softening={softening!r} needs discrete leaves with finitely many states (bernoulli, binomial, "
+            f"categorical), but the {self.name} family{where} models {kind}; use softening=1.0 (off)"
+            + (" or a discrete leaf." if columns is None else f", or {_fix(columns, 'categorical')}.")
+        )
+
+    def _soft_evidence(self, softening):
+        """(eps, gain) of the soft evidence ``q(c | x) = eps + gain * [c == x]``:
+        x kept with probability beta = ``softening``, each of the other C - 1
+        states taken with eps = (1 - beta) / (C - 1)."""
+        self.check_softening(softening)
+        eps = (1.0 - softening) / (self.n_states - 1)
+        return eps, softening - eps
+
+    def soft_region_log_prob(self, data, phi, softening):
+        """Leaf region log-values under softened evidence: (L, K, B).
+
+        Each observed x_s contributes ``log sum_c q(c | x_s) p(c) = log(eps +
+        gain * p(x_s))`` (see ``_soft_evidence``) in place of log p(x_s): the
+        log-likelihood of the soft evidence, exact for a smooth decomposable
+        circuit (Liu & Van den Broeck 2021); a missing one still
+        contributes 0. Differentiable in phi (Adam trains on it).
+        """
+        eps, gain = self._soft_evidence(softening)
+        obs = self.observed(data).unsqueeze(2)  # (L, S, 1, B)
+        # eps + gain * p >= min(eps, beta) > 0: finite even where x is missing (masked)
+        soft = torch.log(torch.exp(self.pair_log_prob(data, phi)) * gain + eps)  # (L, S, K, B)
+        return (soft * obs).sum(1)
+
+    def soft_expected_statistics(self, data, phi, grad, softening):
+        """``expected_statistics`` of the softened data: (stats (L, S, K, T), counts (L, S, K)).
+
+        The softened data set replaces an observed x by every state c with
+        weight ``q(c | x) = eps + gain * [c == x]``, so a density's expected
+        statistics at x are ``E_q[T] = eps * sum_c T(c) + gain * T(x)``
+        (Liu & Van den Broeck 2021): its maximum-likelihood estimate on
+        data that always shows x is q itself, not a point mass (for a
+        Bernoulli leaf, p(x) = beta), which is what regularizes the leaves
+        in closed form. The density's posterior weight per row is
+        ``grad`` (L, K, B), the gradient of the softened objective (the
+        log-likelihood of the soft evidence, ``soft_region_log_prob``) with
+        respect to the leaf region values, as for sum weights; counts are
+        unchanged in form. ``phi`` is not read: the statistics of q do not
+        depend on the density.
+        """
+        eps, gain = self._soft_evidence(softening)
+        obs = self.observed(data).unsqueeze(2)  # (L, S, 1, B)
+        weight = grad.unsqueeze(1) * obs  # (L, S, K, B): the density's posterior at pair s
+        counts = weight.sum(-1)  # (L, S, K)
+        stats = self.pair_statistics(data, weight * gain)  # (L, S, K, T): the term at x
+        # the dense term: (T,) * (L, S, K, 1)
+        stats += eps * self.state_statistics_sum().to(stats) * counts.unsqueeze(-1)
+        return stats, counts
+
+    def state_statistics_sum(self):
+        """``sum_c T(c)`` over the family's C states (T,): the sufficient
+        statistics of every state, summed (data softening). Default: T(c) = c
+        (Bernoulli, binomial)."""
+        C = self.n_states
+        return torch.tensor([C * (C - 1) / 2.0], dtype=torch.float64)
 
     # ---------------------------------------------------------------- M-step
     def m_step(self, phi, stats, counts, learning_rate, pseudocount=0.0):

@@ -100,6 +100,12 @@ class _BinaryLogitLeaf(ExponentialFamilyLeaf):
     n_stats = 1
     n_trials = 1
 
+    @property
+    def n_states(self):
+        """C = n_trials + 1: the values 0..n_trials (data softening)."""
+        self._check_inferred()
+        return self.n_trials + 1
+
     def _p(self, phi):
         return (phi[..., 0] / self.n_trials).clamp(PROB_FLOOR, 1 - PROB_FLOOR)
 
@@ -238,6 +244,15 @@ class CategoricalLeaf(ExponentialFamilyLeaf):
         # the probabilities sum to one: C - 1 free values
         return self.n_stats - 1
 
+    @property
+    def n_states(self):
+        """C = n_categories (data softening)."""
+        return self.n_stats
+
+    def state_statistics_sum(self):
+        """sum_c onehot(c): ones (C,) (data softening)."""
+        return torch.ones(self.n_categories, dtype=torch.float64)
+
     def validate(self, X, columns=None):
         super().validate(X, columns)
         largest = None if self.n_categories is None else self.n_categories - 1
@@ -264,24 +279,31 @@ class CategoricalLeaf(ExponentialFamilyLeaf):
         missing = torch.isnan(x)
         return x.masked_fill(missing, 0).long(), (~missing).to(X.dtype)
 
-    def region_log_prob(self, data, phi):
+    def pair_log_prob(self, data, phi):
+        """log p(x) per pair by a gather: (L, S, K, B), log p(0) where x is missing."""
         x, obs = data
         L, S, B = x.shape
         K = phi.shape[2]
         log_p = torch.log(self.project(phi))  # (L, S, K, C)
-        ll = torch.gather(log_p, 3, x.unsqueeze(2).expand(L, S, K, B))  # (L, S, K, B)
-        return (ll * obs.unsqueeze(2)).sum(1)  # (L, K, B)
+        return torch.gather(log_p, 3, x.unsqueeze(2).expand(L, S, K, B))  # (L, S, K, B)
+
+    def pair_statistics(self, data, weights):
+        """Weighted one-hot counts (L, S, K, C): state x[l, s, b] accumulates
+        weights[l, s, k, b] (0 where x is missing), by a scatter."""
+        x, obs = data
+        L, S, K, B = weights.shape
+        stats = torch.zeros(L, S, K, self.n_categories, dtype=weights.dtype, device=weights.device)
+        return stats.scatter_add_(3, x.unsqueeze(2).expand(L, S, K, B), weights)
+
+    def region_log_prob(self, data, phi):
+        obs = data[1]
+        return (self.pair_log_prob(data, phi) * obs.unsqueeze(2)).sum(1)  # (L, K, B)
 
     def expected_statistics(self, data, grad):
         x, obs = data
-        L, S, B = x.shape
-        K = grad.shape[1]
         counts = torch.bmm(obs, grad.transpose(1, 2))  # (L, S, B) @ (L, B, K) -> (L, S, K)
-        # weighted one-hot counts: state x[l, s, b] accumulates obs * grad[l, k, b]
         weighted = obs.unsqueeze(2) * grad.unsqueeze(1)  # (L, S, K, B)
-        stats = torch.zeros(L, S, K, self.n_categories, dtype=grad.dtype, device=grad.device)
-        stats.scatter_add_(3, x.unsqueeze(2).expand(L, S, K, B), weighted)
-        return stats, counts
+        return self.pair_statistics(data, weighted), counts
 
     def sample(self, phi, generator):
         p = self.project(phi)

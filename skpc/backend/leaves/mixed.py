@@ -234,15 +234,40 @@ class MixedLeaf(ExponentialFamilyLeaf):
         return out
 
     def expected_statistics(self, data, grad):
+        return self._statistics(data, grad, lambda family, mask, d: family.expected_statistics(d, grad))
+
+    def _statistics(self, data, grad, fn):
+        """fn(family, mask, its data) -> (stats (L, S, K, T), counts (L, S, K)) per
+        family, kept on its pairs and widened to T_max."""
         L, S = self._bound().masks[0].shape
         K = grad.shape[1]
         stats = grad.new_zeros(L, S, K, self.n_stats)
         counts = grad.new_zeros(L, S, K)
         for (family, mask), d in zip(self._parts(), data):
-            s, c = family.expected_statistics(d, grad)  # (L, S, K, T), (L, S, K)
+            s, c = fn(family, mask, d)  # (L, S, K, T), (L, S, K)
             stats = torch.where(_expand(mask, 4), self._widen(s), stats)
             counts = torch.where(_expand(mask, 3), c, counts)
         return stats, counts
+
+    # ------------------------------------------------------ data softening
+    def check_softening(self, softening, columns=None):
+        """Every family must allow it: the message names the columns of one that does not."""
+        for family, cols in self.groups:
+            family.check_softening(softening, cols if columns is None else [columns[c] for c in cols])
+
+    def soft_region_log_prob(self, data, phi, softening):
+        self.check_softening(softening)
+        out = None
+        for (family, mask), d in zip(self._parts(), data):
+            value = family.soft_region_log_prob(d, self._own(family, mask, phi), softening)  # (L, K, B)
+            out = value if out is None else out + value
+        return out
+
+    def soft_expected_statistics(self, data, phi, grad, softening):
+        self.check_softening(softening)
+        return self._statistics(
+            data, grad, lambda family, mask, d: family.soft_expected_statistics(d, self._own(family, mask, phi), grad, softening)
+        )
 
     # ------------------------------------------------------ sampling, mode
     def sample(self, phi, generator):
