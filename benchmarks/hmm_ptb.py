@@ -17,8 +17,10 @@ maximum likelihood on the training stream. Reference points measured for
 the issue: 640 and 208.
 
 Models: ``HMMLanguageModel(n_states=K, window=32, init=INIT,
-homogeneous=--homogeneous, batch_size=--batch-size, ...)`` for K in
-``--states`` and INIT in ``--inits``, fitted on the training windows with
+homogeneous=--homogeneous, batch_size=--batch-size, position_prior=B, ...)``
+for K in ``--states``, INIT in ``--inits`` and B in ``--position-prior`` (a
+comma-separated list: shrinkage of the per-position tables toward the
+position-pooled ones), fitted on the training windows with
 the validation windows for early stopping (``fit(X_train, X_val=X_valid)``).
 The number of stochastic EM epochs is bounded by ``--max-iter`` and by
 ``--budget-minutes`` per fit: one full-batch EM epoch on 2,000 training
@@ -26,18 +28,21 @@ windows is timed first for each K (with the same settings), and the epoch
 limits are set so that the estimated training time of a fit stays within the
 budget (LVD's clustering comes on top and is reported as ``init_s``).
 
-One JSON line per model, then a table; ``--plot FILE`` saves perplexity
-against the number of states (matplotlib), as the LVD paper's Figure 1
-(right).
+One JSON line per model (with its fit seconds per epoch, LVD included,
+and the process's peak RSS so far), then a table; ``--plot FILE`` saves perplexity against the
+number of states (matplotlib), as the LVD paper's Figure 1 (right).
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/hmm_ptb.py [--data DIR] [--states 64,128,256] \\
-        [--inits lvd,random] [--budget-minutes 4] [--homogeneous] [--plot ptb.png] [--out ptb.jsonl]
+        [--inits lvd,random] [--position-prior 0,1000] [--budget-minutes 4] [--homogeneous] \\
+        [--plot ptb.png] [--out ptb.jsonl]
 """
 
 import argparse
+import itertools
 import json
+import resource
 import sys
 import time
 import warnings
@@ -79,11 +84,12 @@ def ngram_baselines(train, test, n_tokens, weight=0.7):
     return float(np.exp(-np.mean(np.log(unigram[test])))), float(np.exp(-np.mean(np.log(p_interpolated))))
 
 
-def make_model(args, states, init, n_tokens, max_iter, max_full_batch_iter, seed):
+def make_model(args, states, init, position_prior, n_tokens, max_iter, max_full_batch_iter, seed):
     assigner = SuffixAssigner(max_windows=args.max_windows, n_components=args.n_components, decay=args.decay)
     return HMMLanguageModel(
         n_states=states, window=args.window, n_tokens=n_tokens, homogeneous=args.homogeneous, init=init,
-        assigner=assigner, pseudocount=args.pseudocount, emission_prior=args.emission_prior, max_iter=max_iter, batch_size=args.batch_size,
+        assigner=assigner, pseudocount=args.pseudocount, emission_prior=args.emission_prior,
+        position_prior=position_prior, max_iter=max_iter, batch_size=args.batch_size,
         learning_rate=args.learning_rate, tol=args.tol, n_iter_no_change=args.n_iter_no_change,
         max_full_batch_iter=max_full_batch_iter, random_state=seed, verbose=args.verbose,
     )
@@ -122,6 +128,9 @@ def main():
     parser.add_argument("--n-iter-no-change", type=int, default=2)
     parser.add_argument("--pseudocount", type=float, default=0.01)
     parser.add_argument("--emission-prior", type=float, default=0.0, help="MAP-EM pseudo-counts per emission row")
+    parser.add_argument("--position-prior", default="0",
+                        help="comma-separated position_prior values (pseudo-counts of the position-pooled rows); "
+                             "default 0, the models of RESULTS section 9 (the estimator's default is 10000)")
     parser.add_argument("--max-windows", type=int, default=10000, help="windows LVD embeds and clusters")
     parser.add_argument("--n-components", type=int, default=64)
     parser.add_argument("--decay", type=float, default=0.5)
@@ -131,6 +140,7 @@ def main():
     parser.add_argument("--out", type=Path, default=None, help="append the JSON lines here")
     args = parser.parse_args()
 
+    priors = [float(b) for b in args.position_prior.split(",")]
     tw, streams, windows = load_ptb(args.data, args.window)
     V = tw.n_tokens_
     unigram, bigram = ngram_baselines(streams["train"], streams["test"], V)
@@ -143,8 +153,8 @@ def main():
         epochs = max(1, int(args.budget_minutes * 60 / epoch_s))
         max_iter = max(1, min(args.max_iter, epochs - args.max_full_batch_iter))
         max_full = max(0, min(args.max_full_batch_iter, epochs - max_iter))
-        for init in args.inits.split(","):
-            model = make_model(args, states, init, V, max_iter, max_full, args.seed)
+        for init, position_prior in itertools.product(args.inits.split(","), priors):
+            model = make_model(args, states, init, position_prior, V, max_iter, max_full, args.seed)
             start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)  # the budget, not convergence, ends a fit
@@ -159,22 +169,28 @@ def main():
                 epochs=model.n_iter_, max_iter=max_iter, max_full_batch_iter=max_full, converged=model.converged_,
                 fit_s=seconds, estimated_epoch_s=epoch_s, first_epoch_train_ll=first_epoch,
                 n_parameters=model.n_parameters_, batch_size=args.batch_size, pseudocount=args.pseudocount,
-                emission_prior=args.emission_prior,
+                emission_prior=args.emission_prior, position_prior=position_prior,
+                fit_s_per_epoch=seconds / model.n_iter_, peak_rss_mb=peak_rss_mb(),  # LVD time included
                 max_windows=args.max_windows,
             )
             records.append(record)
             emit(record, args.out)
-    print("\n| model | n_states | init | test ppl | valid ppl | train ppl | epochs | fit (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| model | n_states | init | position prior | test ppl | valid ppl | train ppl | epochs | fit (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in records:
         if r["model"] != "hmm":
-            print(f"| {r['model']} | | | {r['test_perplexity']:.1f} | | | | |")
+            print(f"| {r['model']} | | | | {r['test_perplexity']:.1f} | | | | |")
         else:
             kind = "homogeneous HMM" if r["homogeneous"] else "HMM"
-            print(f"| {kind} | {r['n_states']} | {r['init']} | {r['test_perplexity']:.1f} | "
+            print(f"| {kind} | {r['n_states']} | {r['init']} | {r['position_prior']:g} | {r['test_perplexity']:.1f} | "
                   f"{r['valid_perplexity']:.1f} | {r['train_perplexity']:.1f} | {r['epochs']} | {r['fit_s']:.0f} |")
     if args.plot is not None:
         plot(records, args.plot)
+
+
+def peak_rss_mb():
+    """The process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def emit(record, out):
@@ -192,10 +208,13 @@ def plot(records, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for init, marker in (("lvd", "o"), ("random", "s")):
-        rows = sorted((r["n_states"], r["test_perplexity"]) for r in records if r.get("init") == init)
+    priors = sorted({r["position_prior"] for r in records if r["model"] == "hmm"})
+    for (init, marker), prior in itertools.product((("lvd", "o"), ("random", "s")), priors):
+        rows = sorted((r["n_states"], r["test_perplexity"]) for r in records
+                      if r.get("init") == init and r["position_prior"] == prior)
         if rows:
-            ax.plot(*zip(*rows), marker=marker, label=f"HMM, {init} init")
+            label = f"HMM, {init} init" + (f", position prior {prior:g}" if len(priors) > 1 else "")
+            ax.plot(*zip(*rows), marker=marker, label=label)
     for r, style in zip(records[:2], (":", "--")):
         ax.axhline(r["test_perplexity"], color="gray", linestyle=style, label=f"{r['model']} {r['test_perplexity']:.0f}")
     ax.set_xscale("log", base=2)

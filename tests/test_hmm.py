@@ -79,12 +79,15 @@ def brute_force_mpe(pi, A, B, x):
     return best
 
 
-def baum_welch_step(pi, A, B, X, homogeneous, emission_prior=None):
+def baum_welch_step(pi, A, B, X, homogeneous, emission_prior=None, position_prior=0.0, pool_transitions=False):
     """One hand-written Baum-Welch update (scaled forward-backward, float64).
 
     X (N, T) with -1 = missing (emission 1). Returns (pi, A, B) re-estimated
     and projected as the engine projects (weights floored at WEIGHT_FLOOR,
     emissions at PROB_FLOOR, renormalized); A and B per position, or pooled.
+    ``position_prior`` b: every position's emission row k gets b times row k
+    of the counts pooled over positions (normalized) added to its counts;
+    with ``pool_transitions`` every transition row too.
     """
     N, T_ = X.shape
     Kn, Vn = len(pi), B.shape[2]
@@ -111,6 +114,12 @@ def baum_welch_step(pi, A, B, X, homogeneous, emission_prior=None):
     if homogeneous:
         xi_sum = xi_sum.sum(0, keepdims=True)
         emit = emit.sum(0, keepdims=True)
+    if position_prior:
+        pooled = emit.sum(0)  # (K, V)
+        emit = emit + position_prior * pooled / pooled.sum(-1, keepdims=True)
+    if pool_transitions:
+        pooled = xi_sum.sum(0)  # (K, K)
+        xi_sum = xi_sum + position_prior * pooled / pooled.sum(-1, keepdims=True)
     if emission_prior is not None:  # MAP: Dirichlet pseudo-counts (V,) on every row
         emit = emit + emission_prior
 
@@ -279,7 +288,7 @@ def test_map_em_step_adds_the_prior_to_the_emission_counts(homogeneous, rng):
 
 @pytest.mark.parametrize("homogeneous", [False, True])
 def test_full_batch_em_never_lowers_the_likelihood(homogeneous):
-    model, X = fitted_model(homogeneous, seed=4, max_iter=15)
+    model, X = fitted_model(homogeneous, seed=4, max_iter=15, position_prior=0.0)  # maximum-likelihood EM
     scores = np.array(model.train_scores_)
     assert len(scores) == 15 and model.n_iter_ == 15
     assert np.all(np.diff(scores) >= -1e-10)
@@ -300,11 +309,167 @@ def test_stochastic_em_with_early_stopping_keeps_the_best_validation_score(rng):
 
 
 # --------------------------------------------------------------------------
+# The position prior: per-position tables shrunk toward the pooled ones
+
+
+@pytest.mark.parametrize("emission_prior", [None, 7.0])
+def test_position_prior_m_step_equals_the_pooled_closed_form(emission_prior, rng):
+    """Full batch: row k of position t's emissions gets b * pooled[k] added to
+    its counts (pooled: that step's counts summed over positions, normalized),
+    then the emission prior; the transition rows are pooled likewise (the
+    M-step's ``add_weight_priors`` hook), the initial is plain Baum-Welch.
+    A batch gets its share of the training tokens of each position."""
+    circuit, params = random_params(False, seed=21)
+    X = random_windows(60, rng, missing=0.2)
+    circuit.set_emission_prior(torch.as_tensor(X), emission_prior or 0.0, position_strength=4.0)
+    prior = None
+    if emission_prior is not None:
+        unigram = np.bincount(X[X >= 0], minlength=V) + 1.0
+        prior = emission_prior * unigram / unigram.sum()
+    want_pi, want_A, want_B = baum_welch_step(*model_arrays(params, False), X, False, prior, position_prior=4.0,
+                                              pool_transitions=True)
+    result = Trainer(circuit, Schedule(max_iter=1, batch_size=None, tol=None)).fit(
+        params, torch.as_tensor(X), torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(result.params.leaf[:, 0].numpy(), want_B, atol=1e-12)
+    np.testing.assert_allclose(result.params.weights["initial"].numpy(), want_pi, atol=1e-12)
+    np.testing.assert_allclose(result.params.weights["transition"].numpy(), want_A, atol=1e-12)
+    # a stochastic step on 20 of the 60 windows: each position's share of its tokens
+    batch = X[:20]
+    _, stats = e_step(circuit, torch.as_tensor(batch), params)
+    emit = stats.leaf_stats[:, 0].numpy().copy()  # (T, K, V)
+    got = circuit.leaf.m_step(params.leaf, stats.leaf_stats, stats.leaf_counts, 1.0)[:, 0].numpy()
+    share = ((batch >= 0).sum(0) / (X >= 0).sum(0))[:, None, None]  # (T, 1, 1)
+    pooled = emit.sum(0)
+    est = emit + share * 4.0 * pooled / pooled.sum(-1, keepdims=True)
+    if prior is not None:
+        est = est + share * prior
+    est = np.maximum(est / est.sum(-1, keepdims=True), PROB_FLOOR)
+    np.testing.assert_allclose(got, est / est.sum(-1, keepdims=True), atol=1e-12)
+
+
+def test_transition_position_prior_in_the_m_step(rng):
+    """``HMMCircuit.add_weight_priors`` (called by em.m_step, a hook for
+    statistics-dependent priors) pools the transition rows as the emissions:
+    full batch, then a stochastic batch's share of the training windows."""
+    circuit, params = random_params(False, seed=22)
+    X = random_windows(60, rng, missing=0.2)
+    circuit.set_emission_prior(torch.as_tensor(X), 0.0, position_strength=4.0)
+    want = baum_welch_step(*model_arrays(params, False), X, False, position_prior=4.0, pool_transitions=True)
+    _, stats = e_step(circuit, torch.as_tensor(X), params)
+    got = m_step(circuit, params, stats, 1.0)  # calls add_weight_priors
+    for value, ref in zip([got.weights["initial"], got.weights["transition"], got.leaf[:, 0]], want):
+        np.testing.assert_allclose(value.numpy(), ref, atol=1e-12)
+    _, stats = e_step(circuit, torch.as_tensor(X[:15]), params)
+    xi = stats.weight_counts[1].numpy().copy()  # (T-1, K, K)
+    circuit.add_weight_priors(stats.weight_counts)
+    pooled = xi.sum(0)
+    np.testing.assert_allclose(stats.weight_counts[1].numpy(),
+                               xi + 15 / 60 * 4.0 * pooled / pooled.sum(-1, keepdims=True), atol=1e-12)
+
+
+def test_position_prior_zero_is_the_plain_model(rng):
+    """position_prior=0 runs the model without it: the same LVD closed form
+    and the same EM updates, to the last bit (stochastic EM with an emission prior)."""
+    X = random_windows(80, rng, missing=0.1)
+    Z = rng.integers(0, K, size=X.shape)
+    settings = dict(n_states=K, window=T, n_tokens=V, assigner=FixedCodes(Z), pseudocount=0.25, emission_prior=3.0,
+                    max_iter=3, batch_size=20, max_full_batch_iter=1, tol=None, early_stopping=False,
+                    random_state=0)
+    model = HMMLanguageModel(position_prior=0.0, **settings).fit(X)
+    # the same fit from the backend's pieces, none of them told about a position prior
+    circuit = HMMCircuit(K, T, V)
+    start = circuit.params_from_counts(torch.as_tensor(X), torch.as_tensor(Z), 0.25, torch.float32)
+    circuit.set_emission_prior(torch.as_tensor(X), 3.0)
+    assert circuit.leaf.position_prior == 0.0
+    seeds = np.random.RandomState(0)
+    from skpc.base import draw_seed, torch_generator
+
+    draw_seed(seeds)  # the assigner's seed
+    generator = torch_generator(draw_seed(seeds), torch.device("cpu"))
+    schedule = Schedule(max_iter=3, batch_size=20, tol=None, max_full_batch_iter=1)
+    want = Trainer(circuit, schedule).fit(start, torch.as_tensor(X), generator).params
+    for got, ref in zip([model.params_.leaf, *model.params_.tensors()], [want.leaf, *want.tensors()]):
+        assert torch.equal(got, ref)
+
+
+def test_closed_form_with_the_position_prior_equals_pooled_counts(rng):
+    X = random_windows(80, rng, missing=0.2)
+    Z = rng.integers(0, K, size=X.shape)
+    circuit = HMMCircuit(K, T, V)
+    params = circuit.params_from_counts(torch.as_tensor(X), torch.as_tensor(Z), 0.5, torch.float64,
+                                        position_prior=6.0)
+    pi, A, B = count_reference(X, Z, False, 0.5, position_prior=6.0)
+    np.testing.assert_allclose(params.weights["initial"].numpy(), pi, rtol=1e-12)
+    np.testing.assert_allclose(params.weights["transition"].numpy(), A, rtol=1e-12)
+    np.testing.assert_allclose(params.leaf[:, 0].numpy(), B, rtol=1e-12)
+    # homogeneous: nothing to pool across, the parameter is ignored
+    tied = HMMCircuit(K, T, V, homogeneous=True)
+    plain = tied.params_from_counts(torch.as_tensor(X), torch.as_tensor(Z), 0.5, torch.float64)
+    pooled = tied.params_from_counts(torch.as_tensor(X), torch.as_tensor(Z), 0.5, torch.float64, position_prior=6.0)
+    for got, ref in zip([pooled.leaf, *pooled.tensors()], [plain.leaf, *plain.tensors()]):
+        assert torch.equal(got, ref)
+
+
+def test_a_large_position_prior_ties_the_emission_tables(rng):
+    X = random_windows(100, rng, missing=0.1)
+    Z = rng.integers(0, K, size=X.shape)
+    model = HMMLanguageModel(n_states=K, window=T, n_tokens=V, assigner=FixedCodes(Z), position_prior=1e7,
+                             max_iter=4, batch_size=25, max_full_batch_iter=2, tol=None, early_stopping=False,
+                             dtype="float64", random_state=0).fit(X)
+    B = model.emission_  # (T, K, V)
+    np.testing.assert_allclose(B, np.broadcast_to(B[:1], B.shape), atol=1e-4)
+    assert np.abs(B - B.mean(1, keepdims=True)).max() > 0.01  # the states still differ from each other
+    # and the LVD start ties the transitions too
+    start = HMMCircuit(K, T, V).params_from_counts(torch.as_tensor(X), torch.as_tensor(Z), 0.01, torch.float64,
+                                                     position_prior=1e7)
+    A = start.weights["transition"].numpy()
+    np.testing.assert_allclose(A, np.broadcast_to(A[:1], A.shape), atol=1e-4)
+
+
+def stationary_hmm_windows(n, window, seed):
+    """Windows of a homogeneous HMM (3 states, 8 tokens, sticky transitions,
+    each state emitting mostly its own 3 tokens), started from its stationary
+    distribution, as windows at random offsets of a long text are."""
+    rng = np.random.default_rng(seed)
+    A = np.full((3, 3), 0.1) + 0.7 * np.eye(3)
+    B = np.full((3, 8), 0.02)
+    for k in range(3):
+        B[k, 3 * k : 3 * k + 3] += 0.3
+    B /= B.sum(1, keepdims=True)
+    w, v = np.linalg.eig(A.T)
+    pi = np.real(v[:, np.argmax(np.real(w))])
+    pi /= pi.sum()
+    z = rng.choice(3, size=n, p=pi)
+    out = np.empty((n, window), dtype=np.int64)
+    for t in range(window):
+        if t:
+            z = (rng.random(n)[:, None] < A[z].cumsum(1)).argmax(1)
+        out[:, t] = (rng.random(n)[:, None] < B[z].cumsum(1)).argmax(1)
+    return out
+
+
+def test_position_prior_helps_a_stationary_hmm_on_little_data():
+    """Per-position tables of 30 windows overfit a stationary source; pooling
+    them gives a better held-out likelihood while the fit still improves."""
+    window = 8
+    X, X_test = stationary_hmm_windows(30, window, seed=0), stationary_hmm_windows(2000, window, seed=1)
+    scores = {}
+    for beta in (0.0, 30.0):
+        model = HMMLanguageModel(n_states=3, window=window, n_tokens=8, init="random", position_prior=beta,
+                                 max_iter=30, batch_size=None, tol=None, early_stopping=False, dtype="float64",
+                                 random_state=0).fit(X)
+        assert model.train_scores_[-1] > model.train_scores_[0] + 0.5
+        scores[beta] = model.score(X_test)
+    assert scores[30.0] > scores[0.0] + 0.5
+
+
+# --------------------------------------------------------------------------
 # LVD: the closed form
 
 
-def count_reference(X, Z, homogeneous, pseudocount):
-    """Normalized counts by explicit loops."""
+def count_reference(X, Z, homogeneous, pseudocount, position_prior=0.0):
+    """Normalized counts by explicit loops; ``position_prior`` b adds b times
+    the position-pooled row (normalized counts) to every position's row first."""
     initial = np.full(K, pseudocount)
     transition = np.full((T - 1, K, K), pseudocount)
     emission = np.full((T, K, V), pseudocount)
@@ -315,6 +480,10 @@ def count_reference(X, Z, homogeneous, pseudocount):
                 transition[t - 1, z[t - 1], z[t]] += 1
             if x[t] >= 0:
                 emission[t, z[t], x[t]] += 1
+    if position_prior:
+        for table in (transition, emission):
+            pooled = (table - pseudocount).sum(0)  # the raw counts pooled over positions
+            table += position_prior * pooled / pooled.sum(-1, keepdims=True)
     if homogeneous:
         # pooled counts: the pseudocount is added once to the pooled table
         transition = transition.sum(0) - (T - 2) * pseudocount
@@ -377,13 +546,13 @@ def test_lvd_initialization_is_the_closed_form_of_the_assigners_codes(rng):
     X = random_windows(60, rng)
     Z = rng.integers(0, K, size=X.shape)
     model = HMMLanguageModel(n_states=K, window=T, n_tokens=V, assigner=FixedCodes(Z), pseudocount=0.25,
-                             max_iter=1, batch_size=None, tol=None, early_stopping=False, dtype="float64",
-                             random_state=0)
+                             position_prior=6.0, max_iter=1, batch_size=None, tol=None, early_stopping=False,
+                             dtype="float64", random_state=0)
     circuit = HMMCircuit(K, T, V)
     from skpc.base import ProgressPrinter
 
     params = model._lvd_params(circuit, X, 0, torch.float64, ProgressPrinter("t", 0))
-    pi, A, B = count_reference(X, Z, False, 0.25)
+    pi, A, B = count_reference(X, Z, False, 0.25, position_prior=6.0)
     np.testing.assert_allclose(params.weights["initial"].numpy(), pi, rtol=1e-12)
     np.testing.assert_allclose(params.weights["transition"].numpy(), A, rtol=1e-12)
     np.testing.assert_allclose(params.leaf[:, 0].numpy(), B, rtol=1e-12)
@@ -543,8 +712,9 @@ def test_pickle_clone_and_grid_search(rng):
     np.testing.assert_array_equal(restored.sample(5, random_state=3), model.sample(5, random_state=3))
     assert clone(model).get_params() == model.get_params()
     assert not hasattr(clone(model), "params_")
-    search = GridSearchCV(HMMLanguageModel(window=T, n_tokens=V, init="random", max_iter=3, batch_size=None,
-                                           tol=None, early_stopping=False, random_state=0),
+    # position_prior=0: per-position tables, whose fit to noise grows with the states
+    search = GridSearchCV(HMMLanguageModel(window=T, n_tokens=V, init="random", position_prior=0.0, max_iter=3,
+                                           batch_size=None, tol=None, early_stopping=False, random_state=0),
                           {"n_states": [1, 3]}, cv=2).fit(X)
     assert search.best_params_ == {"n_states": 3}  # more states fit the data better
     assert model.initial_.shape == (K,) and model.transition_.shape == (T - 1, K, K)
@@ -649,7 +819,9 @@ def _small_model():
     return HMMLanguageModel(n_states=2, window=None, max_iter=2, batch_size=None, tol=None, random_state=0)
 
 
-@parametrize_with_checks([_small_model(), HMMLanguageModel(window=None, n_states=2, init="random")],
+# random_state=0: the default schedule on the checks' 20 random windows ends with a
+# ConvergenceWarning for some seeds (about 1 in 15 with the position prior, 1 in 75 without)
+@parametrize_with_checks([_small_model(), HMMLanguageModel(window=None, n_states=2, init="random", random_state=0)],
                          expected_failed_checks=lambda est: EXPECTED_FAILED)
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)

@@ -26,6 +26,15 @@ backward pass is the Baum-Welch E-step. The max semiring gives Viterbi: the
 gradient of the max-product value reaches exactly one state per position,
 the most probable path.
 
+Position prior (MAP-EM, non-homogeneous): each M-step adds to every
+position's emission row k a multiple of row k pooled over positions from the
+same step's statistics (``shrink_to_pooled_``): a hierarchical prior between
+the non-homogeneous model and the homogeneous one. It costs one (K, V)
+temporary. The transitions are pooled in the LVD closed form only: the
+engine's ``em.m_step`` updates the sum weights itself and offers no hook for
+statistics-dependent pseudo-counts on them; ``HMMCircuit.add_weight_priors``
+is what such a hook would call.
+
 Memory. The parameters are the emission tables (T, K, V) (or (K, V) for a
 homogeneous HMM), the transitions (T-1, K, K) and the initial (K,). A
 full-batch EM epoch holds the parameters, the summed expected statistics
@@ -81,25 +90,32 @@ class TokenEmissions(CategoricalLeaf):
     prior : Tensor (V,) or None
         Dirichlet pseudo-counts added to every emission row by the M-step
         (MAP-EM; see ``set_prior``), for the whole training set.
+    position_prior : float
+        Pseudo-counts pulling every position's row k toward the row k pooled
+        over positions (see ``shrink_to_pooled_``), for the whole training
+        set; 0: none. Without effect on a tied table (its pooled row is its own).
     prior_tokens : Tensor (P, 1, 1) or None
-        Observed training tokens of each table: a batch's share of the prior
-        is its share of those tokens, so that stochastic EM steps see the
-        prior in proportion and a full-batch step sees all of it.
+        Observed training tokens of each table: a batch's share of the
+        priors is its share of those tokens, so that stochastic EM steps see
+        the priors in proportion and a full-batch step sees all of them.
     """
 
     name = "token"
     prior = None
+    position_prior = 0.0
     prior_tokens = None
 
     def __init__(self, n_categories=None, tied=False):
         super().__init__(n_categories)
         self.tied = bool(tied)
 
-    def set_prior(self, pseudocounts, tokens):
-        """MAP-EM: ``pseudocounts`` (V,) added to every emission row's counts
-        over the whole training set, whose tables hold ``tokens`` (P,)
-        observed tokens."""
+    def set_prior(self, pseudocounts, tokens, position_prior=0.0):
+        """MAP-EM: ``pseudocounts`` (V,) (or None) added to every emission
+        row's counts and ``position_prior`` pseudo-counts of the row pooled
+        over positions, both over the whole training set, whose tables hold
+        ``tokens`` (P,) observed tokens."""
         self.prior = pseudocounts
+        self.position_prior = float(position_prior)
         self.prior_tokens = tokens.view(-1, 1, 1)
 
     # data: (x (T, B) long with missing tokens at 0, obs (T, B) bool)
@@ -153,17 +169,24 @@ class TokenEmissions(CategoricalLeaf):
     def m_step(self, phi, stats, counts, learning_rate, pseudocount=0.0):
         """``project(lerp(phi, project(stats / counts), learning_rate))``, a
         table without counts keeping ``phi`` (the base class's update),
-        computed in place in ``stats`` (consumed); with a prior, its share
-        is added to stats and counts first (MAP-EM). ``pseudocount``: the
-        trainer's symmetric Dirichlet prior (``Schedule.pseudocount``), as the
-        categorical leaf's: pseudocount / V added to every token's count."""
+        computed in place in ``stats`` (consumed); with priors, their share
+        is added to stats and counts first (MAP-EM): the position prior's
+        pooled rows come from these statistics (summed across processes
+        before the M-step: a data-parallel fit pools every process's
+        windows). ``pseudocount``: the trainer's symmetric Dirichlet prior
+        (``Schedule.pseudocount``), as the categorical leaf's: pseudocount /
+        V added to every token's count."""
         if pseudocount:
             stats.add_(pseudocount / stats.shape[-1])
             counts = counts + pseudocount
+        # a row without counts in this batch keeps phi, priors or not
         seen = (counts.unsqueeze(-1) > 1e-12).to(stats.dtype)  # (P, 1, K, 1)
-        if self.prior is not None:
+        if self.prior_tokens is not None:
             # the batch's share of the training tokens of each table: (P, 1, 1)
             share = counts.sum(2, keepdim=True) / self.prior_tokens.to(counts).clamp_min(1.0)
+        if self.position_prior and stats.shape[0] > 1:
+            counts = shrink_to_pooled_(stats, counts, share * self.position_prior)
+        if self.prior is not None:
             stats.add_(share.unsqueeze(-1) * self.prior.to(stats))  # (P, 1, 1, 1) x (V,)
             counts = counts + share * self.prior.sum().to(counts)
         counts = counts.unsqueeze(-1)  # (P, 1, K, 1)
@@ -175,6 +198,46 @@ class TokenEmissions(CategoricalLeaf):
 
     def mode_log_density(self, phi):
         return torch.log(phi.amax(-1))
+
+
+def shrink_to_pooled_(stats, counts, strength):
+    """Add ``strength[p]`` pseudo-counts of the position-pooled row to every
+    row of table p, in place in ``stats``: a hierarchical (empirical-Bayes)
+    Dirichlet prior whose mean is the estimate pooled over the P tables.
+
+    Parameters
+    ----------
+    stats : Tensor (P, ..., R, C)
+        Expected counts of P tables (positions) of R rows over C outcomes;
+        modified in place.
+    counts : Tensor (P, ..., R)
+        Their row sums.
+    strength : Tensor broadcastable to (P, ..., 1), or float
+        Pseudo-counts per row of each table (the prior's strength, or a
+        stochastic step's share of it).
+
+    Returns
+    -------
+    Tensor (P, ..., R)
+        The row sums after the addition: ``counts + strength`` on every row
+        that has counts in some table; a row unseen in every table (no
+        pooled estimate) gets nothing.
+
+    Notes
+    -----
+    ``pooled[r] = sum_p stats[p, r] / sum_p counts[p, r]`` (one table's
+    size: (..., R, C)). With strength b, row r of table p becomes
+    ``(stats[p, r] + b pooled[r]) / (counts[p, r] + b)``: b = 0 is each
+    table's own estimate, b -> infinity the pooled one (the tied model's),
+    in between a table is pulled toward the pooled row the more, the fewer
+    counts it has.
+    """
+    pooled_counts = counts.sum(0, keepdim=True)  # (1, ..., R)
+    pooled = stats.sum(0, keepdim=True).div_(pooled_counts.clamp_min(torch.finfo(stats.dtype).tiny).unsqueeze(-1))
+    strength = torch.as_tensor(strength, dtype=stats.dtype, device=stats.device)
+    # (P, ..., 1, 1) x (1, ..., R, C) added in place: no temporary of stats' size
+    stats.addcmul_(strength.unsqueeze(-1), pooled)
+    return counts + strength * (pooled_counts > 0).to(counts.dtype)
 
 
 def _project_(phi):
@@ -211,6 +274,8 @@ class HMMCircuit:
 
     multi_output = False
     n_outputs = 1
+    # training windows, for the batch's share of the position prior on the transitions
+    prior_windows = None
 
     def __init__(self, n_states, window, n_tokens, homogeneous=False, device="cpu"):
         if window < 2:
@@ -228,26 +293,55 @@ class HMMCircuit:
             WeightSpec("transition", transition, len(transition) - 1),
         ]
 
-    def set_emission_prior(self, X, strength, reduce=None):
-        """A Dirichlet prior on every emission row for EM (MAP-EM): ``strength``
-        pseudo-counts spread over the tokens by their add-one-smoothed
-        frequency in the training windows X (N, T) (long, -1 = missing).
-        ``strength=0`` removes it (plain EM). ``reduce`` (data-parallel: the
-        process group's in-place sum) makes the frequencies and token counts
-        those of every process's windows."""
-        if not strength:
-            self.leaf.prior = self.leaf.prior_tokens = None
+    def set_emission_prior(self, X, strength, reduce=None, position_strength=0.0):
+        """Priors on every emission row for EM (MAP-EM), over the training
+        windows X (N, T) (long, -1 = missing).
+
+        ``strength`` pseudo-counts spread over the tokens by their
+        add-one-smoothed frequency in X (a Dirichlet prior), and
+        ``position_strength`` pseudo-counts of the same state's row pooled
+        over positions in each M-step (``shrink_to_pooled_``; ignored when
+        homogeneous: there the pooled row is the table's own). Both 0 remove
+        them (plain EM). ``reduce`` (data-parallel: the process group's
+        in-place sum) makes the frequencies and token counts those of every
+        process's windows.
+        """
+        position_strength = 0.0 if self.homogeneous else position_strength
+        if not strength and not position_strength:
+            self.leaf.prior = self.leaf.prior_tokens = self.prior_windows = None
+            self.leaf.position_prior = 0.0
             return
         x, obs = self.leaf_inputs(X)  # (T, N) each
         counts = torch.zeros(self.n_tokens, dtype=torch.float64, device=self.device)
         counts.index_add_(0, x.reshape(-1), obs.reshape(-1).to(torch.float64))
         tokens = obs.sum(1, dtype=torch.float64)  # (T,) observed tokens per position
+        windows = torch.full((1,), float(X.shape[0]), dtype=torch.float64, device=self.device)
         if reduce is not None:
-            reduce([counts, tokens])
+            reduce([counts, tokens, windows])
         unigram = counts + 1.0  # add-one smoothed
         if self.homogeneous:
             tokens = tokens.sum().view(1)
-        self.leaf.set_prior(strength * unigram / unigram.sum(), tokens)
+        pseudocounts = strength * unigram / unigram.sum() if strength else None
+        self.leaf.set_prior(pseudocounts, tokens, position_strength)
+        self.prior_windows = float(windows) if position_strength else None
+
+    def add_weight_priors(self, weight_counts):
+        """The position prior on the transitions (MAP-EM), in place on the
+        summed expected counts before their M-step: ``position_prior``
+        pseudo-counts of the transition row pooled over positions
+        (``shrink_to_pooled_``), a batch adding its share of the training
+        windows (each window adds 1 to every position's counts).
+
+        ``weight_counts``: the counts of ``weight_specs`` (initial (K,),
+        transition (T-1, K, K)), summed across processes; ``em.m_step``
+        calls it before the weights' update.
+        """
+        beta = self.leaf.position_prior
+        if not beta or self.homogeneous or self.prior_windows is None:
+            return
+        counts = weight_counts[1]  # (T-1, K, K)
+        share = counts.sum((1, 2)).unsqueeze(1) / self.prior_windows  # (T-1, 1): the batch's windows
+        shrink_to_pooled_(counts, counts.sum(-1), share * beta)
 
     @property
     def emission_shape(self):
@@ -286,10 +380,14 @@ class HMMCircuit:
         x = X.t()
         return x.clamp_min(0), x >= 0
 
-    def leaf_values(self, data, params, semiring="sum"):
+    def leaf_values(self, data, params, semiring="sum", softening=1.0):
         """Leaf values (T, K, B): log-emissions of the observed tokens (0 where
         missing), or for the max semiring the log-emission of a missing
-        token's most probable value."""
+        token's most probable value. ``softening``: the engine's data
+        softening (``Schedule.softening``), which this circuit does not
+        implement: only 1.0 (off) is accepted."""
+        if softening != 1.0:
+            raise ValueError(f"softening={softening!r}: the HMM circuit has no data softening; use softening=1.0.")
         if semiring == "sum":
             return self.leaf.region_log_prob(data, params.leaf)
         return self.leaf.region_log_max(data, params.leaf)
@@ -397,7 +495,7 @@ class HMMCircuit:
             leaf[p, 0] = rows / rows.sum(-1, keepdim=True)
         return CircuitParams(leaf, weights)
 
-    def params_from_counts(self, X, Z, pseudocount, dtype, reduce=None):
+    def params_from_counts(self, X, Z, pseudocount, dtype, reduce=None, position_prior=0.0):
         """The maximum-likelihood HMM of fully observed states (closed form).
 
         Parameters
@@ -413,6 +511,12 @@ class HMMCircuit:
             Data-parallel: sums the counts in place over every process's
             windows (before the pseudocounts are added); every process
             calls it the same number of times, with or without windows.
+        position_prior : float, default=0.0
+            Non-homogeneous: pseudo-counts of the row pooled over positions
+            added to every position's transition and emission row
+            (``shrink_to_pooled_``, on the summed counts), before the
+            ``pseudocount``: the MAP estimate under the position prior of
+            ``HMMLanguageModel``. Ignored when homogeneous.
 
         Returns
         -------
@@ -422,6 +526,7 @@ class HMMCircuit:
             emission[t, k, v] of (Z[:, t], X[:, t]) pairs over observed tokens
             (pooled likewise); each plus ``pseudocount``, normalized.
         """
+        pool = bool(position_prior) and not self.homogeneous
         K, V, T = self.n_sums, self.n_tokens, self.window
         X = X.to(self.device)
         Z = Z.to(self.device)
@@ -436,6 +541,8 @@ class HMMCircuit:
             transition = transition.to(f64).view(T - 1, K, K)
         if reduce is not None:
             reduce([initial, transition])
+        if pool:
+            shrink_to_pooled_(transition, transition.sum(-1), position_prior)  # (T-1, K, K)
         transition = transition + pseudocount
         leaf = torch.empty(self.emission_shape, dtype=dtype, device=self.device)
         # one position (or the pooled table) at a time: a (K, V) float64 table
@@ -448,8 +555,15 @@ class HMMCircuit:
                 counts += torch.bincount(Z[seen, t] * V + X[seen, t], minlength=K * V).to(f64)
             if reduce is not None:
                 reduce([counts])
+            if pool:  # the raw counts for now (exact in float32 below 2^24): pooled once all are in
+                leaf[p, 0] = counts.view(K, V)
+                continue
             table = counts.view(K, V) + pseudocount
             leaf[p, 0] = table / table.sum(-1, keepdim=True)
+        if pool:
+            tables = leaf[:, 0]  # (T, K, V) view, shrunk in place in the leaf's dtype
+            shrink_to_pooled_(tables, tables.sum(-1), position_prior)
+            tables.add_(pseudocount).div_(tables.sum(-1, keepdim=True))
         initial = initial + pseudocount
         weights = {
             "initial": (initial / initial.sum()).to(dtype),
