@@ -158,13 +158,15 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         mini-batch adds its share, ``pseudocount * batch_rows /
         n_train_rows``; a ``partial_fit`` call adds all of it. 0 is
         maximum-likelihood EM. "auto" (``pseudocount_`` holds the value
-        used): 1 when every leaf is discrete with finitely many states
+        used): when every leaf is discrete with finitely many states
         (Bernoulli, binomial, categorical, or ``leaf="auto"`` picking
-        categorical), else 0. There the prior costs little on large data
-        and keeps small or high-cardinality data (tens of rows, 8-bit
-        pixels) from putting almost no mass on values a density never saw;
-        with Gaussian or Poisson leaves, its pull toward the variable's
-        pooled statistics fitted continuous data worse and slowed EM down
+        categorical), 0.05 per state of the leaves (C states: 0.05 C, e.g.
+        0.1 for binary data, 12.8 for 8-bit pixels), else 0. There the
+        prior costs little on large data and keeps small or
+        high-cardinality data (tens of rows, 8-bit pixels) from putting
+        almost no mass on values a density never saw; with Gaussian or
+        Poisson leaves, its pull toward the variable's pooled statistics
+        fitted continuous data worse and slowed EM down
         (``benchmarks/RESULTS.md``, section 11). Use 0 for noise-free
         discrete data whose exact patterns the model should reproduce.
     softening : float in (0, 1], default=1.0
@@ -587,12 +589,15 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
 
     def _pseudocount(self, leaf):
         """The prior's strength for the (inferred) ``leaf``: ``pseudocount``,
-        or for "auto" AUTO_PSEUDOCOUNT when every family is discrete with
-        finitely many states, else 0."""
+        or for "auto" AUTO_PSEUDOCOUNT_PER_STATE times the largest number of
+        states of a family when every family is discrete with finitely many
+        states, else 0."""
         if self.pseudocount != "auto":
             return float(self.pseudocount)
         families = getattr(leaf, "families", [leaf])
-        return AUTO_PSEUDOCOUNT if all(family.n_states is not None for family in families) else 0.0
+        if not all(family.n_states is not None for family in families):
+            return 0.0
+        return AUTO_PSEUDOCOUNT_PER_STATE * max(family.n_states for family in families)
 
     def _check_data(self, X, X_val, partial, distributed):
         """This process's rows, validated: a _FitData (raises ValueError)."""
@@ -788,9 +793,12 @@ def _same(a, b):
 
 
 # ------------------------------------------------------------- fit helpers
-# pseudocount="auto" with discrete leaves: one pseudo-observation per
-# distribution (benchmarks/RESULTS.md, section 11).
-AUTO_PSEUDOCOUNT = 1.0
+# pseudocount="auto" with discrete leaves: this many pseudo-observations per
+# state of the leaves (add-0.05 smoothing of a leaf; the same total on each
+# sum-weight distribution), e.g. 0.1 for binary data, 12.8 for 8-bit pixels:
+# the best or near-best strength of every measurement in
+# benchmarks/RESULTS.md, section 11.
+AUTO_PSEUDOCOUNT_PER_STATE = 0.05
 
 # Values (rows x features) of the initialization sample: structure learning
 # and initialization read at most this many training values when the rows
