@@ -36,10 +36,10 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _children import run_json_child
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
@@ -134,28 +134,8 @@ def run_child(library, method, config, args):
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     env.pop("PYTHONPATH", None)  # each venv sees only its own packages
     cmd = [python, str(PEERS / f"run_{library}.py"), json.dumps(child_cfg)]
-    start = time.perf_counter()
-    try:
-        # The child budgets its epochs to time_limit; the hard kill leaves room for one slow epoch.
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=2 * args.time_limit + 30, env=env)
-    except subprocess.TimeoutExpired:
-        return dict(
-            base,
-            status="timeout",
-            error=f"killed after {time.perf_counter() - start:.0f} s (limit {args.time_limit} s per configuration)",
-            loadavg_end=list(os.getloadavg()),
-        )
-    record = None
-    for line in reversed(proc.stdout.strip().splitlines()):
-        if line.startswith("{"):
-            record = json.loads(line)
-            break
-    if record is None:
-        tail = (proc.stderr or "")[-1500:]
-        status = "oom" if proc.returncode in (-9, 137) else "crash"
-        return dict(base, status=status, error=f"exit code {proc.returncode}: {tail}")
-    if record.get("status") != "ok" and proc.stderr:
-        record["stderr_tail"] = proc.stderr[-1500:]
+    # The child budgets its epochs to time_limit; the hard kill leaves room for one slow epoch.
+    record = run_json_child(cmd, env, base, 2 * args.time_limit + 30, f"limit {args.time_limit} s per configuration")
     record["sweep"] = config["sweep"]
     return record
 

@@ -139,17 +139,17 @@ class Record:
             self.data["rss_model_mib"] = self.data["rss_peak_mib"] - self.data["rss_baseline_mib"]
         self.data["loadavg_end"] = list(os.getloadavg())
         self.data["child_wall_s"] = time.perf_counter() - self.start
-        print(json.dumps(_finite_or_none(self.data)), flush=True)
+        print(json.dumps(finite_or_none(self.data)), flush=True)
 
 
-def _finite_or_none(obj):
+def finite_or_none(obj):
     """JSON has no NaN/inf: write null instead."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
+        return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite_or_none(v) for v in obj]
+        return [finite_or_none(v) for v in obj]
     return obj
 
 
