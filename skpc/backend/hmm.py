@@ -30,10 +30,9 @@ Position prior (MAP-EM, non-homogeneous): each M-step adds to every
 position's emission row k a multiple of row k pooled over positions from the
 same step's statistics (``shrink_to_pooled_``): a hierarchical prior between
 the non-homogeneous model and the homogeneous one. It costs one (K, V)
-temporary. The transitions are pooled in the LVD closed form only: the
-engine's ``em.m_step`` updates the sum weights itself and offers no hook for
-statistics-dependent pseudo-counts on them; ``HMMCircuit.add_weight_priors``
-is what such a hook would call.
+temporary. The transition rows are pooled likewise by
+``HMMCircuit.add_weight_priors``, which ``em.m_step`` calls before it
+updates the sum weights, and the LVD closed form pools both.
 
 Memory. The parameters are the emission tables (T, K, V) (or (K, V) for a
 homogeneous HMM), the transitions (T-1, K, K) and the initial (K,). A
