@@ -142,6 +142,17 @@ class ProgressPrinter:
             print(f"[{self.name}] {message}", file=self.stream, flush=True)
 
 
+def check_finite_lower_bound(lower_bound):
+    """``lower_bound`` (the final mean training log-likelihood), or the
+    ValueError of a fit whose parameters give a non-finite one."""
+    if not np.isfinite(lower_bound):
+        raise ValueError(
+            "Training ended with a non-finite log-likelihood; lower learning_rate, raise min_var, "
+            "or check X for extreme values."
+        )
+    return lower_bound
+
+
 def warn_not_converged(name, result, schedule):
     """The ConvergenceWarning of a fit that ran out of epochs while still improving."""
     last = result.history[-1].phase if result.history else "training"

@@ -14,11 +14,20 @@ from sklearn.utils.validation import check_array
 from ._compat import Interval, StrOptions, _fit_context, validate_data
 from .backend.circuit import PARTITION_LAYERS, CompiledCircuit
 from .backend.leaves import LEAF_NAMES, AutoLeaf, ExponentialFamilyLeaf, resolve_leaf
-from .backend.distributed import agree_on, check_same_facts, local_part, params_to, resolve_process_group, row_offsets
+from .backend.distributed import (
+    agree_on,
+    check_same_facts,
+    evenly_spaced_rows,
+    local_part,
+    params_to,
+    resolve_process_group,
+    row_offsets,
+)
 from .backend.train import DEFAULT_EM_LEARNING_RATE, ArrayRows, RowShard, Schedule, Trainer, trim_heap
 from .base import (
     ProgressPrinter,
     TorchStateMixin,
+    check_finite_lower_bound,
     draw_seed,
     resolve_device,
     resolve_dtype,
@@ -716,7 +725,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
     def _initialize(self, comm, data, train_rows, structure_seed, generator):
         """(graph, initial parameters) from the initialization sample of the
         training rows, on rank 0, broadcast with its generator's state."""
-        sample_rows = _init_sample_rows(train_rows, data.X.shape[1])
+        sample_rows = evenly_spaced_rows(train_rows, INIT_SAMPLE_ELEMENTS // max(1, data.X.shape[1]))
         local_rows = local_part(sample_rows, data.offset, data.X.shape[0])[0]
         block = ArrayRows(data.X).read(local_rows)  # (n, D) float64: this process's part of the sample
         blocks = [block] if comm is None else comm.gather_to_root(block)
@@ -752,12 +761,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
             if comm is not None:
                 total, n = comm.sum(total, n)
             lower_bound = total / n
-        if not math.isfinite(lower_bound):
-            raise ValueError(
-                "Training ended with a non-finite log-likelihood; lower learning_rate, raise min_var, "
-                "or check X for extreme values."
-            )
-        return lower_bound
+        return check_finite_lower_bound(lower_bound)
 
     def _store(self, data, start, params, query_params):
         self.region_graph_ = start.graph
@@ -899,13 +903,3 @@ def _check_real(X, name):
 def _rows(X, rows, data, dtype):
     """The rows ``rows`` (None: all) of X for training or scoring, converted a batch at a time."""
     return ArrayRows(X, rows, dtype=dtype, device=data.device)
-
-
-def _init_sample_rows(train_rows, n_features):
-    """The training rows (sorted ids) the initialization sample holds: all of
-    them up to INIT_SAMPLE_ELEMENTS values, else evenly spaced ones."""
-    limit = max(1, INIT_SAMPLE_ELEMENTS // max(1, n_features))
-    if len(train_rows) <= limit:
-        return train_rows
-    positions = np.unique(np.linspace(0, len(train_rows) - 1, limit).round().astype(np.int64))
-    return train_rows[positions]

@@ -13,7 +13,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import HasMethods, Interval, StrOptions, _fit_context, validate_data
-from .backend.distributed import agree_on, check_same_facts, local_part, resolve_process_group, row_offsets
+from .backend.distributed import (
+    agree_on,
+    check_same_facts,
+    evenly_spaced_rows,
+    local_part,
+    resolve_process_group,
+    row_offsets,
+)
 from .backend.hmm import HMMCircuit
 from .backend.train import RowShard, Schedule, Trainer
 from .base import (
@@ -336,7 +343,7 @@ class HMMLanguageModel(TorchStateMixin, DensityMixin, BaseEstimator):
         codes of its own training windows (the fitted assigner broadcast),
         give counts summed over the processes."""
         T = X.shape[1]
-        sample_rows = _init_sample_rows(train_rows, T)
+        sample_rows = evenly_spaced_rows(train_rows, INIT_SAMPLE_TOKENS // max(1, T))
         local_rows = local_part(sample_rows, offset, X.shape[0])[0]
         blocks = comm.gather_to_root(X[local_rows])
         fitted = {}
@@ -756,13 +763,3 @@ def _fit_facts(checked):
         "has_X_val": X_val is not None,
         "val_max": -1 if X_val is None or X_val.size == 0 else int(X_val.max()),
     }
-
-
-def _init_sample_rows(train_rows, window):
-    """The training windows (sorted ids) a data-parallel LVD fit gathers to
-    rank 0: all of them up to INIT_SAMPLE_TOKENS tokens, else evenly spaced ones."""
-    limit = max(1, INIT_SAMPLE_TOKENS // max(1, window))
-    if len(train_rows) <= limit:
-        return train_rows
-    positions = np.unique(np.linspace(0, len(train_rows) - 1, limit).round().astype(np.int64))
-    return train_rows[positions]

@@ -16,6 +16,7 @@ from ._compat import Interval, StrOptions, _fit_context, validate_data
 from .backend.circuit import CompiledCircuit
 from .backend.distributed import (
     check_same_facts,
+    evenly_spaced_rows,
     agree_on,
     local_part,
     params_to,
@@ -28,6 +29,7 @@ from .backend.train import RowShard, Schedule, Trainer
 from .base import (
     ProgressPrinter,
     TorchStateMixin,
+    check_finite_lower_bound,
     check_validation_rows,
     draw_seed,
     resolve_device,
@@ -501,11 +503,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         query_params = result.params.map(lambda t: t.to(torch.float64))
         all_rows = torch.tensor(X, dtype=torch.float64, device=device)
         lower_bound = float(np.mean(score_in_batches(circuit, query_params, all_rows)))
-        if not math.isfinite(lower_bound):
-            raise ValueError(
-                "Training ended with a non-finite log-likelihood; lower learning_rate, raise min_var, "
-                "or check X for extreme values."
-            )
+        check_finite_lower_bound(lower_bound)
         self._warn_stages(results)
 
         # Only now is fitted state written: a failure above leaves an earlier fit intact.
@@ -621,7 +619,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
 
         start = time.perf_counter()
         progress.stage(f"assigning latents: {n_total} rows, n_clusters={self.n_clusters}")
-        sample_rows = _init_sample_rows(train_rows, n_features)
+        sample_rows = evenly_spaced_rows(train_rows, INIT_SAMPLE_ELEMENTS // max(1, n_features))
         whole = len(sample_rows) == len(train_rows)  # every training row in the sample
         blocks = comm.gather_to_root(X[local_part(sample_rows, offset, n_local)[0]])
 
@@ -688,11 +686,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         all_rows = torch.tensor(X, dtype=torch.float64, device=device)
         total, n = comm.sum(float(np.sum(score_in_batches(circuit, query_params, all_rows))), n_local)
         lower_bound = total / n
-        if not math.isfinite(lower_bound):
-            raise ValueError(
-                "Training ended with a non-finite log-likelihood; lower learning_rate, raise min_var, "
-                "or check X for extreme values."
-            )
+        check_finite_lower_bound(lower_bound)
         self._warn_stages(results)
         self._store(assigner, groups, group_regions, parents, graph, leaf, device, circuit, results, query_params,
                     X_valid is not None, times, lower_bound)
@@ -851,13 +845,3 @@ def _agreed_leaf(base, facts):
     if facts[0]["has_X_val"]:
         leaf.validate(_combine([f["val_extremes"] for f in facts]))
     return leaf
-
-
-def _init_sample_rows(train_rows, n_features):
-    """The training rows (sorted ids) the initialization sample holds: all of
-    them up to INIT_SAMPLE_ELEMENTS values, else evenly spaced ones."""
-    limit = max(1, INIT_SAMPLE_ELEMENTS // max(1, n_features))
-    if len(train_rows) <= limit:
-        return train_rows
-    positions = np.unique(np.linspace(0, len(train_rows) - 1, limit).round().astype(np.int64))
-    return train_rows[positions]

@@ -101,6 +101,17 @@ def local_part(global_rows, offset, n_local):
     return global_rows[lo:hi] - offset, int(lo)
 
 
+def evenly_spaced_rows(rows, limit):
+    """``rows`` (sorted ids) when at most ``limit`` of them, else ``limit``
+    (at least 1) evenly spaced ones: the sample of the training rows that
+    initialization reads from every process."""
+    limit = max(1, int(limit))
+    if len(rows) <= limit:
+        return rows
+    positions = np.unique(np.linspace(0, len(rows) - 1, limit).round().astype(np.int64))
+    return rows[positions]
+
+
 class DistributedError(ValueError):
     """The error every rank raises when some rank's input was refused."""
 
