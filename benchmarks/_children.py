@@ -1,9 +1,20 @@
-"""Running one benchmark child process (a library in its own venv) and reading its JSON record."""
+"""Running one benchmark child process (a library in its own venv), reading
+its JSON record, and the number formats of the drivers' tables."""
 
 import json
+import math
 import os
 import subprocess
 import time
+from pathlib import Path
+
+
+def interpreter(library, args):
+    """The python that runs a library's child: ours for skpc (``args.skpc_python``),
+    the peer's venv under ``args.peer_venvs`` otherwise."""
+    if library == "skpc":
+        return args.skpc_python
+    return str(Path(args.peer_venvs) / library / "bin" / "python")
 
 
 def run_json_child(cmd, env, base, kill_after_s, limit_text):
@@ -36,3 +47,19 @@ def run_json_child(cmd, env, base, kill_after_s, limit_text):
     if record.get("status") != "ok" and proc.stderr:
         record["stderr_tail"] = proc.stderr[-1500:]
     return record
+
+
+def fmt(x, digits=3):
+    """A table cell: "-" for a missing or non-finite value."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}g}"
+
+
+def ratio(a, b):
+    """a / b, or None when either is missing or b is 0."""
+    if a is None or b is None or not b:
+        return None
+    return a / b

@@ -34,12 +34,11 @@ Writes ``DIR/efficiency.jsonl`` (one record per line), ``DIR/efficiency.md``
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
 
-from _children import run_json_child
+from _children import fmt, interpreter, ratio, run_json_child
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
@@ -95,13 +94,6 @@ def parse_libraries(text):
     return out
 
 
-def interpreter(library, args):
-    """The python that runs a library's child: ours for skpc, the peer's venv otherwise."""
-    if library == "skpc":
-        return args.skpc_python
-    return str(Path(args.peer_venvs) / library / "bin" / "python")
-
-
 # ------------------------------------------------------------------ running
 def run_child(library, method, config, args):
     """One fresh process for one (library, method, configuration); returns its record."""
@@ -150,20 +142,6 @@ def _cfg_label(r):
     return f"K={r['n_sums']} D={r['depth']} R={r['n_repetitions']}"
 
 
-def _fmt(x, digits=3):
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    if isinstance(x, int):
-        return str(x)
-    return f"{x:.{digits}g}"
-
-
-def _ratio(a, b):
-    if a is None or b is None or not b:
-        return None
-    return a / b
-
-
 def markdown_table(records):
     """Per configuration and library, with ratios skpc:em / library (time and memory)."""
     lines = [
@@ -178,8 +156,8 @@ def markdown_table(records):
         ref = next((r for r in rs if _label(r) == "skpc:em" and r.get("status") == "ok"), None)
         for r in rs:
             ok = r.get("status") == "ok"
-            t_ratio = _ratio(ref.get("epoch_s"), r.get("epoch_s")) if ref and ok else None
-            m_ratio = _ratio(ref.get("rss_model_mib"), r.get("rss_model_mib")) if ref and ok else None
+            t_ratio = ratio(ref.get("epoch_s"), r.get("epoch_s")) if ref and ok else None
+            m_ratio = ratio(ref.get("rss_model_mib"), r.get("rss_model_mib")) if ref and ok else None
             load = r.get("loadavg_end") or r.get("loadavg_start")
             status = r.get("status", "?")
             if ok and r.get("nonfinite_params"):
@@ -192,17 +170,17 @@ def markdown_table(records):
                     [
                         cfg,
                         _label(r),
-                        _fmt(r.get("epoch_s")),
-                        _fmt(r.get("epoch_cpu_s")),
-                        _fmt(r.get("score_s")),
-                        _fmt(r.get("rss_model_mib"), 4),
-                        _fmt(r.get("rss_peak_mib"), 4),
-                        _fmt(r.get("n_parameters")),
-                        _fmt(t_ratio, 2),
-                        _fmt(m_ratio, 2),
-                        _fmt(r.get("floor_s")),
-                        _fmt(r.get("epoch_over_floor"), 3),
-                        _fmt(load[0], 2) if load else "-",
+                        fmt(r.get("epoch_s")),
+                        fmt(r.get("epoch_cpu_s")),
+                        fmt(r.get("score_s")),
+                        fmt(r.get("rss_model_mib"), 4),
+                        fmt(r.get("rss_peak_mib"), 4),
+                        fmt(r.get("n_parameters")),
+                        fmt(t_ratio, 2),
+                        fmt(m_ratio, 2),
+                        fmt(r.get("floor_s")),
+                        fmt(r.get("epoch_over_floor"), 3),
+                        fmt(load[0], 2) if load else "-",
                         status,
                     ]
                 )

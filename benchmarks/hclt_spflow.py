@@ -42,13 +42,12 @@ Usage::
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
 from pathlib import Path
 
-from _children import run_json_child
+from _children import fmt, interpreter, ratio, run_json_child
 from _data import default_data_dir
 
 HERE = Path(__file__).resolve().parent
@@ -57,13 +56,6 @@ RUNS = [("skpc", "em"), ("skpc", "adam"), ("spflow", "em"), ("spflow", "adam")]
 # The pairs of the table: like for like, and SPFlow's Adam beside skpc's default (EM),
 # since SPFlow's mini-batch EM may leave non-finite parameters (then its LL is "-").
 PAIRS = [("em", "em"), ("adam", "adam"), ("em", "adam")]  # (skpc method, spflow method)
-
-
-def interpreter(library, args):
-    """The python that runs a child: skpc's own for skpc, the peer's venv for SPFlow."""
-    if library == "skpc":
-        return args.skpc_python
-    return str(Path(args.peer_venvs) / library / "bin" / "python")
 
 
 def run_child(library, method, dataset, n_sums, args):
@@ -93,20 +85,6 @@ def run_child(library, method, dataset, n_sums, args):
 
 
 # ------------------------------------------------------------------ reporting
-def _fmt(x, digits=3):
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    if isinstance(x, int):
-        return str(x)
-    return f"{x:.{digits}g}"
-
-
-def _ratio(a, b):
-    if a is None or b is None or not b:
-        return None
-    return a / b
-
-
 def _diff(a, b):
     if a is None or b is None:
         return None
@@ -142,14 +120,14 @@ def markdown(records, args):
                     continue
                 lines.append(
                     f"| {dataset} | {k} | {mine} vs {theirs} "
-                    f"| {_fmt(p.get('structure_seconds'))} / {_fmt(s.get('structure_seconds'))} "
-                    f"| {_fmt(p.get('epoch_s'))} / {_fmt(s.get('epoch_s'))} "
-                    f"| **{_fmt(_ratio(p.get('epoch_s'), s.get('epoch_s')))}x** "
-                    f"| {_fmt(_ratio(p.get('epoch_cpu_s'), s.get('epoch_cpu_s')))}x "
-                    f"| {_fmt(p.get('peak_rss_mb'), 4)} / {_fmt(s.get('peak_rss_mb'), 4)} "
-                    f"| {_fmt(_ratio(p.get('peak_rss_mb'), s.get('peak_rss_mb')))} "
-                    f"| {_fmt(p.get('test_ll'), 5)} / {_fmt(s.get('test_ll'), 5)} "
-                    f"| **{_fmt(_diff(s.get('test_ll'), p.get('test_ll')), 3)}** |"
+                    f"| {fmt(p.get('structure_seconds'))} / {fmt(s.get('structure_seconds'))} "
+                    f"| {fmt(p.get('epoch_s'))} / {fmt(s.get('epoch_s'))} "
+                    f"| **{fmt(ratio(p.get('epoch_s'), s.get('epoch_s')))}x** "
+                    f"| {fmt(ratio(p.get('epoch_cpu_s'), s.get('epoch_cpu_s')))}x "
+                    f"| {fmt(p.get('peak_rss_mb'), 4)} / {fmt(s.get('peak_rss_mb'), 4)} "
+                    f"| {fmt(ratio(p.get('peak_rss_mb'), s.get('peak_rss_mb')))} "
+                    f"| {fmt(p.get('test_ll'), 5)} / {fmt(s.get('test_ll'), 5)} "
+                    f"| **{fmt(_diff(s.get('test_ll'), p.get('test_ll')), 3)}** |"
                 )
     lines += [
         "",
@@ -159,17 +137,17 @@ def markdown(records, args):
     ]
     for r in records:
         s = by_key.get(("skpc", r["method"], r["dataset"], r["n_sums"]), {})
-        load = f"{_fmt((r.get('loadavg_start') or [None])[0], 2)} / {_fmt((r.get('loadavg_end') or [None])[0], 2)}"
+        load = f"{fmt((r.get('loadavg_start') or [None])[0], 2)} / {fmt((r.get('loadavg_end') or [None])[0], 2)}"
         note = r.get("status", "?")
         if r.get("nonfinite_params"):
             note += " (non-finite parameters)"
         if r.get("error"):
             note += f": {r['error'][:80]}"
         lines.append(
-            f"| {r['library']}:{r['method']} | {r['dataset']} | {r['n_sums']} | {note} | {_fmt(r.get('n_params'))} "
-            f"| {_fmt(r.get('first_epoch_s'))} | {_fmt(r.get('epoch_s'))} | {_fmt(r.get('epoch_cpu_s'))} "
-            f"| {_fmt(r.get('model_rss_mb'), 4)} | {_fmt(r.get('train_ll'), 5)} | {_fmt(r.get('valid_ll'), 5)} "
-            f"| {_fmt(r.get('test_ll'), 5)} | {_same_tree(s, r) if r['library'] != 'skpc' else '-'} | {load} |"
+            f"| {r['library']}:{r['method']} | {r['dataset']} | {r['n_sums']} | {note} | {fmt(r.get('n_params'))} "
+            f"| {fmt(r.get('first_epoch_s'))} | {fmt(r.get('epoch_s'))} | {fmt(r.get('epoch_cpu_s'))} "
+            f"| {fmt(r.get('model_rss_mb'), 4)} | {fmt(r.get('train_ll'), 5)} | {fmt(r.get('valid_ll'), 5)} "
+            f"| {fmt(r.get('test_ll'), 5)} | {_same_tree(s, r) if r['library'] != 'skpc' else '-'} | {load} |"
         )
     return "\n".join(lines)
 
@@ -218,7 +196,7 @@ def main(argv=None):
                     f.flush()
                     print(
                         f"{library}:{method} {dataset} K={k}: {record.get('status')} "
-                        f"epoch {_fmt(record.get('epoch_s'))} s, test LL {_fmt(record.get('test_ll'), 5)}",
+                        f"epoch {fmt(record.get('epoch_s'))} s, test LL {fmt(record.get('test_ll'), 5)}",
                         file=sys.stderr,
                         flush=True,
                     )
