@@ -5,6 +5,7 @@ folder named by ``$SKPC_DATA`` or a script's ``--data``); nothing here
 downloads.
 """
 
+import gzip
 import os
 from pathlib import Path
 
@@ -32,3 +33,16 @@ def load_mnist(data_dir):
 def load_semeion(data_dir):
     with np.load(_require(Path(data_dir) / "semeion" / "semeion.npz", "SEMEION")) as f:
         return f["X"], f["y"]
+
+
+def load_debd(data_dir, name, dtype=np.float64):
+    """(train, valid, test) arrays of one DEBD data set (comma-separated 0/1 rows)."""
+    folder = Path(data_dir) / "debd" / name
+    splits = []
+    for split in ("train", "valid", "test"):
+        path = folder / f"{name}.{split}.data.gz"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: expected the DEBD layout DIR/debd/<name>/<name>.{split}.data.gz")
+        with gzip.open(path, "rt") as f:
+            splits.append(np.loadtxt(f, delimiter=",", dtype=dtype, ndmin=2))
+    return tuple(splits)

@@ -30,6 +30,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from _data import default_data_dir, load_mnist
+from _references import independent_pixels, uniform
 
 from skpc import EinsumNetworkDensity, LVDDensity
 
@@ -40,33 +41,19 @@ def run(name, model, X_train, X_test, n_levels):
         warnings.simplefilter("always")
         model.fit(X_train)
     seconds = time.perf_counter() - start
-    uniform = -X_train.shape[1] * np.log(n_levels)
+    reference = uniform(X_train.shape[1], n_levels)
     test = float(model.score(X_test))
     return {
         "data": name,
         "model": type(model).__name__,
         "test_nats_per_image": round(test, 2),
-        "uniform_nats_per_image": round(uniform, 2),
-        "better_than_uniform": bool(test > uniform),
+        "uniform_nats_per_image": round(reference, 2),
+        "better_than_uniform": bool(test > reference),
         "test_bpd": round(-test / (X_train.shape[1] * np.log(2)), 4),
         "epochs": int(model.n_iter_),
         "warnings": [f"{w.category.__name__}: {str(w.message)[:160]}" for w in caught],
         "seconds": round(seconds, 1),
     }
-
-
-def independent_pixels(X_train, X_test, n_levels, smoothings=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0)):
-    """Mean test log-likelihood of independent categorical pixels with
-    add-a smoothing, a chosen on the last tenth of the training rows."""
-
-    def fit_score(fit_rows, score_rows, a):
-        counts = np.stack([np.bincount(col, minlength=n_levels) for col in fit_rows.T.astype(int)])  # (D, C)
-        log_p = np.log(counts + a) - np.log(counts.sum(1, keepdims=True) + a * n_levels)
-        return float(np.take_along_axis(log_p, score_rows.T.astype(int), 1).sum(0).mean())
-
-    n_fit = int(0.9 * len(X_train))
-    best = max(smoothings, key=lambda a: fit_score(X_train[:n_fit], X_train[n_fit:], a))
-    return best, fit_score(X_train, X_test, best)
 
 
 def parse_overrides(items):

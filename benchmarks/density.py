@@ -36,7 +36,6 @@ Usage::
 """
 
 import argparse
-import gzip
 import itertools
 import json
 import sys
@@ -44,10 +43,9 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
-from _data import default_data_dir
+from _data import default_data_dir, load_debd
 from _schedule import fit_recorded, phase_summary
 
 from skpc import EinsumNetworkDensity
@@ -56,19 +54,6 @@ GRID = {"depth": [1, 2, 3, 4, 5], "n_repetitions": [5, 10, 20], "n_sums": [10, 2
 # --structure hclt: a hidden Chow-Liu tree learned from the training rows with
 # CP layers (K x K weights per partition), so K goes far higher for the cost.
 HCLT_GRID = {"n_sums": [16, 32, 64, 128]}
-
-
-def load_debd(data_dir, name):
-    """(train, valid, test) float arrays of one DEBD data set."""
-    folder = Path(data_dir) / "debd" / name
-    splits = []
-    for split in ("train", "valid", "test"):
-        path = folder / f"{name}.{split}.data.gz"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: expected the DEBD layout DIR/debd/<name>/<name>.{split}.data.gz")
-        with gzip.open(path, "rt") as f:
-            splits.append(np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2))
-    return tuple(splits)
 
 
 def available_datasets(data_dir):

@@ -6,7 +6,9 @@ Four measurements, each in fresh processes with one torch thread per process
 1. *Data-parallel EM*: seconds per epoch with 1 process (no process group)
    and with 2 processes (``torchrun --nproc_per_node=2``, gloo), each process
    reading its half of the rows, ``EinsumNetworkDensity(distributed="auto")``,
-   and the speed-up. Settings: the efficiency benchmark's default (Gaussian
+   and the speed-up; and the machine's ceiling for it: two independent single
+   processes started together, each fitting one half of the rows (no
+   process group, nothing exchanged), timed the same way. Settings: the efficiency benchmark's default (Gaussian
    noise N=2000 x 512, depth 4, R=10, K=10, mini-batches of 100) and MNIST
    (Poon-Domingos over 28x28 with ``--pd-delta``, K=``--mnist-n-sums``,
    256-state categorical leaves, ``--mnist-rows`` training images), each
@@ -74,6 +76,8 @@ def _worker(config):
         X = x_train[: config["n_samples"]].reshape(config["n_samples"], -1)
         params = dict(structure="pd", image_shape=(28, 28), pd_delta=config["pd_delta"], leaf="categorical",
                       n_categories=256)
+    if config.get("independent_half") is not None:  # the ceiling: half the rows, no process group
+        X = X[shard_rows(len(X), config["independent_half"], 2)]
     X = X[shard_rows(len(X), rank, world_size)]
     model = EinsumNetworkDensity(n_sums=config["n_sums"], batch_size=config["batch_size"], max_iter=1, tol=None,
                                  early_stopping=False, max_full_batch_iter=0, random_state=0, **params)
@@ -156,7 +160,21 @@ def data_parallel(setting, args):
             raise SystemExit(out.stdout[-3000:] + out.stderr[-3000:])
         record = _last_json(out.stdout)
         records.append(record)
+    # the machine's ceiling: two independent single processes, one per half of the rows, at once
+    # (no process group, nothing exchanged): what two processes can gain here at best
+    halves = [
+        subprocess.Popen([sys.executable, __file__, "worker", json.dumps(dict(config, independent_half=half))],
+                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for half in (0, 1)
+    ]
+    pair = []
+    for child in halves:
+        stdout, stderr = child.communicate(timeout=1800)
+        if child.returncode != 0:
+            raise SystemExit(stdout[-3000:] + stderr[-3000:])
+        pair.append(_last_json(stdout))
     one, two = records
+    ceiling = max(record["seconds_per_epoch"] for record in pair)
     return {
         "part": "data_parallel",
         "setting": {k: v for k, v in setting.items() if k != "data"},
@@ -170,6 +188,11 @@ def data_parallel(setting, args):
         "cpu_seconds_per_epoch_1": round(one["cpu_seconds_per_epoch"], 3),
         "cpu_seconds_per_epoch_2": round(two["cpu_seconds_per_epoch"], 3),
         "cpu_speedup": round(one["cpu_seconds_per_epoch"] / two["cpu_seconds_per_epoch"], 2),
+        # two independent half-size fits at once, the slower one: the speed-up two processes
+        # could reach on this machine with free communication
+        "seconds_per_epoch_2_independent_halves": round(ceiling, 3),
+        "ceiling_speedup": round(one["seconds_per_epoch"] / ceiling, 2),
+        "share_of_ceiling": round(ceiling / two["seconds_per_epoch"], 2),
         "lower_bound_1": one["lower_bound"],
         "lower_bound_2": two["lower_bound"],
     }

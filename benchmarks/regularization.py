@@ -25,8 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _data import default_data_dir
-from density import load_debd
+from _data import default_data_dir, load_debd
 
 from skpc import EinsumNetworkDensity
 

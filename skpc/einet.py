@@ -39,6 +39,7 @@ from .queries import CircuitQueriesMixin, check_no_inf, score_in_batches
 from .structure import (
     RegionGraph,
     chow_liu_tree,
+    coarsen_states,
     hclt_region_graph,
     merge_region_graphs,
     poon_domingos,
@@ -63,8 +64,11 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         "rat": random binary trees (RAT-SPN) of ``depth`` and
         ``n_repetitions``; "pd": Poon-Domingos over ``image_shape``;
         "hclt": a hidden Chow-Liu tree learned from the training rows (the
-        maximum spanning tree of pairwise mutual information; a region per
-        subtree; best with ``layer="cp"``); or a region graph over exactly
+        maximum spanning tree of pairwise mutual information, from at most
+        2**21 values of evenly spaced rows, discrete columns of more than
+        16 states binned to 16 for it, see
+        :func:`skpc.structure.coarsen_states`; a region per subtree, with
+        CP layers by default); or a region graph over exactly
         ``n_features`` variables (copied at fit).
     depth : int or None, default=None
         Split depth D of the random binary trees; None picks
@@ -83,11 +87,13 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         at variable 0. Must be 1 with other structures.
     n_sums : int, default=10
         K, the number of densities per region.
-    layer : {"einsum", "cp"}, default="einsum"
+    layer : {"auto", "einsum", "cp"}, default="auto"
         Partition layer: "einsum" (Tucker) mixes all K*K pairs of the two
         child vectors (K^3 weights per partition); "cp" (Hadamard) multiplies
-        them elementwise, then sums with K x K weights (cheaper, as in
-        hidden Chow-Liu trees).
+        them elementwise, then sums with K x K weights (cheaper, and the
+        layer of a hidden Chow-Liu tree: its hidden state is shared by a
+        node's children). "auto": "cp" with ``structure="hclt"``, "einsum"
+        otherwise; ``layer_`` records the choice.
     leaf : str, leaf instance, dict or list, default="auto"
         Univariate family of the leaves: "auto" (chosen per column from the
         training rows: non-negative integers below 256, such as 8-bit
@@ -270,7 +276,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         "n_repetitions": [Interval(Integral, 1, None, closed="left")],
         "n_hclt": [Interval(Integral, 1, None, closed="left")],
         "n_sums": [Interval(Integral, 1, None, closed="left")],
-        "layer": [StrOptions(set(PARTITION_LAYERS))],
+        "layer": [StrOptions({"auto", *PARTITION_LAYERS})],
         "leaf": [StrOptions(set(LEAF_NAMES)), ExponentialFamilyLeaf, dict, list, tuple],
         "n_categories": [Interval(Integral, 2, None, closed="left"), None],
         "n_trials": [Interval(Integral, 1, None, closed="left"), None],
@@ -313,7 +319,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         n_repetitions=10,
         n_hclt=1,
         n_sums=10,
-        layer="einsum",
+        layer="auto",
         leaf="auto",
         n_categories=None,
         n_trials=None,
@@ -393,6 +399,12 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
             )
         return True
 
+    def _layer(self):
+        """The partition layer: ``layer``, "auto" resolved (CP for a hidden Chow-Liu tree)."""
+        if self.layer != "auto":
+            return self.layer
+        return "cp" if isinstance(self.structure, str) and self.structure == "hclt" else "einsum"
+
     def _build_graph(self, X, leaf, random_state):
         """The region graph for the training rows X (n_samples, n_features)."""
         n_features = X.shape[1]
@@ -418,6 +430,10 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         if self.structure == "hclt":
             families = getattr(leaf, "families", [leaf] * n_features)  # one per column
             kinds = ["discrete" if family.discrete else "gaussian" for family in families]
+            # at most INIT_SAMPLE_ELEMENTS values (the sample data-parallel fits read): the
+            # pair counts cost rows x (states x features)^2, 6 min for 55,000 MNIST rows
+            X = X[evenly_spaced_rows(np.arange(X.shape[0]), INIT_SAMPLE_ELEMENTS // max(1, n_features))]
+            X = coarsen_states(X, kinds)  # e.g. 8-bit pixels: 16 bins for the mutual information
             if self.n_hclt == 1:
                 return hclt_region_graph(*chow_liu_tree(X, kind=kinds))
             # one tree per bootstrap resample of the rows, each rooted at another
@@ -711,10 +727,10 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
                 comm.broadcast_tensors([params.leaf, *params.tensors()])
         elif data.legacy:
             graph = self._build_graph(data.X[local_train], data.leaf, random_state=structure_seed)
-            n_sums, layer = self.n_sums, self.layer
+            n_sums, layer = self.n_sums, self._layer()
         else:
             graph, params = self._initialize(comm, data, train_rows, structure_seed, generator)
-            n_sums, layer = self.n_sums, self.layer
+            n_sums, layer = self.n_sums, self._layer()
         start.graph, start.n_sums, start.layer = graph, n_sums, layer
         start.circuit = CompiledCircuit(graph, n_sums, data.leaf, device, layer=layer)
         if data.legacy and not data.continuing:
@@ -734,7 +750,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
             # in the global order: the rows one process would read
             X_init = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
             graph = self._build_graph(X_init, data.leaf, random_state=structure_seed)
-            circuit = CompiledCircuit(graph, self.n_sums, data.leaf, data.device, layer=self.layer)
+            circuit = CompiledCircuit(graph, self.n_sums, data.leaf, data.device, layer=self._layer())
             params = circuit.init_params(torch.tensor(X_init, dtype=data.dtype, device=data.device), generator, data.dtype)
             return graph, params_to(params, "cpu"), generator.get_state()
 

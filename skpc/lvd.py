@@ -38,7 +38,7 @@ from .base import (
     validation_split,
 )
 from .queries import CircuitQueriesMixin, check_no_inf, score_in_batches
-from .structure import RegionGraph, chow_liu_tree, hclt_region_graph, random_binary_trees
+from .structure import RegionGraph, chow_liu_tree, coarsen_states, hclt_region_graph, random_binary_trees
 from .structure.compose import compose_region_graphs
 
 # The partition layer of every LVD circuit (see the class docstring).
@@ -389,7 +389,7 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         if size == 1 or self.sub_structure == "factorized":
             return RegionGraph(size, [tuple(range(size))], []).validate()
         if self.sub_structure == "hclt":
-            return hclt_region_graph(*chow_liu_tree(_coarsen(X_group, kinds), kind=kinds))
+            return hclt_region_graph(*chow_liu_tree(coarsen_states(X_group, kinds), kind=kinds))
         max_depth = int(math.floor(math.log2(size)))
         depth = min(3, max_depth) if self.depth is None else min(self.depth, max_depth)
         return random_binary_trees(size, depth, self.n_repetitions, random_state=seed)
@@ -760,26 +760,6 @@ class LVDDensity(CircuitQueriesMixin, TorchStateMixin, TransformerMixin, Density
         tags.input_tags.allow_nan = True  # NaN means "marginalize this entry"
         tags.transformer_tags.preserves_dtype = []  # transform gives int codes
         return tags
-
-
-# Discrete columns are binned to at most this many states for the sub-circuits'
-# Chow-Liu trees: the tree needs only which pixels go together, and the
-# mutual information of 256-state pixels cost 0.9 s per 4x4 patch (its
-# one-hot Gram matrix is 4096 x 4096) and is noisier from few rows.
-STRUCTURE_STATES = 16
-
-
-def _coarsen(X_group, kinds):
-    """X_group (n, size) with discrete columns of more than STRUCTURE_STATES
-    states binned into STRUCTURE_STATES equal-width bins (NaN kept)."""
-    out = X_group.copy()
-    for j, kind in enumerate(kinds):
-        column = out[:, j]
-        largest = np.nanmax(column) if np.isfinite(column).any() else 0
-        if kind == "discrete" and largest >= STRUCTURE_STATES:
-            width = math.ceil((largest + 1) / STRUCTURE_STATES)
-            out[:, j] = np.floor(column / width)
-    return out
 
 
 def _train(trainer, params, X_train, generator, X_valid):

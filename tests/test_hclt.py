@@ -13,7 +13,7 @@ from scipy.special import logsumexp
 from sklearn.model_selection import GridSearchCV
 
 from skpc import EinsumNetworkDensity
-from skpc.structure import chow_liu_tree, hclt_region_graph
+from skpc.structure import chow_liu_tree, coarsen_states, hclt_region_graph
 
 
 def _chain_data(n, rng, flip=0.1):
@@ -109,3 +109,44 @@ def test_hclt_with_default_training_pickles_and_grid_searches():
         {"n_sums": [1, 4]}, cv=2,
     ).fit(X)
     assert search.best_params_ == {"n_sums": 4}
+
+
+def test_default_layer_is_cp_for_hclt_and_einsum_otherwise():
+    X = _chain_data(200, np.random.default_rng(6))
+    hclt = EinsumNetworkDensity(structure="hclt", leaf="bernoulli", n_sums=4, max_iter=1, max_full_batch_iter=0,
+                                tol=None, random_state=0).fit(X)
+    explicit = _hclt(X=X, n_sums=4, max_iter=1, dtype="float32", batch_size=100, max_full_batch_iter=0,
+                     early_stopping="auto")
+    assert hclt.layer == "auto" and hclt.layer_ == "cp"
+    assert hclt.n_parameters_ == explicit.n_parameters_  # K x K weights per partition, as layer="cp"
+    rat = EinsumNetworkDensity(leaf="bernoulli", n_sums=4, n_repetitions=2, max_iter=1, max_full_batch_iter=0,
+                               tol=None, random_state=0).fit(X)
+    assert rat.layer_ == "einsum"
+
+
+def test_hclt_on_8bit_pixels_learns_its_tree_from_binned_values():
+    # 256-state columns: the mutual information of the raw values would need a
+    # 150 GiB table at 784 pixels; the estimator bins them to 16 states first
+    rng = np.random.default_rng(7)
+    X = _chain_data(400, rng) * 200 + rng.integers(0, 40, size=(400, 7))  # chain bits as dark/bright pixels
+    model = EinsumNetworkDensity(structure="hclt", n_sums=3, max_iter=2, max_full_batch_iter=0, tol=None,
+                                 random_state=0).fit(X)
+    assert model.n_categories_ == int(X.max()) + 1  # categorical leaves over the raw levels
+    kinds = ["discrete"] * 7
+    assert model.region_graph_ == hclt_region_graph(*chow_liu_tree(coarsen_states(X, kinds), kind=kinds))
+    edges = {frozenset((v, int(p))) for v, p in enumerate(chow_liu_tree(coarsen_states(X, kinds))[0]) if p >= 0}
+    assert edges == {frozenset(e) for e in [(1, 0), (2, 1), (3, 2), (4, 3), (5, 4), (6, 2)]}
+    assert np.isfinite(model.score_samples(X[:5])).all()
+
+
+def test_hclt_tree_reads_at_most_the_initialization_sample(monkeypatch):
+    import skpc.einet as einet_module
+    from skpc.backend.distributed import evenly_spaced_rows
+
+    rng = np.random.default_rng(8)
+    X = _chain_data(900, rng, flip=0.3)
+    monkeypatch.setattr(einet_module, "INIT_SAMPLE_ELEMENTS", 7 * 50)  # 50 rows of 7 features
+    model = _hclt(X=X, max_iter=1)
+    sample = X[evenly_spaced_rows(np.arange(900), 50)]
+    assert len(sample) == 50
+    assert model.region_graph_ == hclt_region_graph(*chow_liu_tree(sample, kind="discrete"))

@@ -243,3 +243,41 @@ def time_scoring(score_all, record, repeats=3):
         times.append(time.perf_counter() - t0)
     record["score_s"] = median_or_nan(times)
     record["score_ll"] = float(ll.mean())
+
+
+def run_hclt_child(script, library, versions, structure, body):
+    """The main of an HCLT benchmark child (``run_{skpc,spflow}_hclt.py``,
+    started by ``benchmarks/hclt_spflow.py``): read the JSON config from
+    argv, run ``body(config, record)`` and print the record as one JSON line.
+    ``record["_start"]`` is the child's start (for budgets; dropped before
+    printing); a crash is recorded, not raised."""
+    if len(sys.argv) != 2:
+        raise SystemExit(f"usage: {script} '<config JSON>' (started by benchmarks/hclt_spflow.py)")
+    config = json.loads(sys.argv[1])
+    torch.set_num_threads(int(config["threads"]))
+    record = {
+        "library": library,
+        "method": config["method"],
+        "dataset": config["dataset"],
+        "n_sums": config["n_sums"],
+        "status": "ok",
+        **versions,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "batch_size": config["batch_size"],
+        "learning_rate": config["learning_rate"] if config["method"] == "adam" else None,
+        "loadavg_start": list(os.getloadavg()),
+        "_start": time.perf_counter(),
+    }
+    try:
+        body(config, record)
+    except Exception as exc:  # a crash is a result too: record it and move on
+        record["status"] = "error"
+        record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        traceback.print_exc(file=sys.stderr)
+    record["child_wall_s"] = time.perf_counter() - record.pop("_start")
+    record["loadavg_end"] = list(os.getloadavg())
+    record.setdefault("peak_rss_mb", maxrss_mib())
+    record["structure"] = structure
+    print(json.dumps(finite_or_none(record)), flush=True)

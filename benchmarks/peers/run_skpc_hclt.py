@@ -33,22 +33,17 @@ row, computed in float64) of each DEBD split after training.
 """
 
 import contextlib
-import json
-import os
-import platform
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from _harness import finite_or_none, maxrss_mib, median_or_nan
+from _harness import maxrss_mib, median_or_nan, run_hclt_child
 from run_skpc import _StampedLines
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the DEBD loader
-from density import load_debd  # noqa: E402
+from _data import load_debd  # noqa: E402
 
 import skpc  # noqa: E402
 from skpc import EinsumNetworkDensity  # noqa: E402
@@ -112,39 +107,14 @@ def body(config, record):
 
 
 def main():
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: run_skpc_hclt.py '<config JSON>' (started by benchmarks/hclt_spflow.py)")
-    config = json.loads(sys.argv[1])
-    torch.set_num_threads(int(config["threads"]))
-    record = {
-        "library": "skpc",
-        "method": config["method"],
-        "dataset": config["dataset"],
-        "n_sums": config["n_sums"],
-        "status": "ok",
-        "skpc": getattr(skpc, "__version__", "dev"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "batch_size": config["batch_size"],
-        "learning_rate": config["learning_rate"] if config["method"] == "adam" else None,
-        "loadavg_start": list(os.getloadavg()),
-    }
-    start = time.perf_counter()
-    try:
-        body(config, record)
-    except Exception as exc:  # a crash is a result too: record it and move on
-        record["status"] = "error"
-        record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        traceback.print_exc(file=sys.stderr)
-    record["child_wall_s"] = time.perf_counter() - start
-    record["loadavg_end"] = list(os.getloadavg())
-    record.setdefault("peak_rss_mb", maxrss_mib())
-    record["structure"] = (
+    run_hclt_child(
+        "run_skpc_hclt.py",
+        "skpc",
+        {"skpc": getattr(skpc, "__version__", "dev")},
         "skpc hclt_region_graph + layer='cp': per subtree region Sum(K x K)(Bernoulli(K) * children's K-vectors); "
-        "root region then root sum over K"
+        "root region then root sum over K",
+        body,
     )
-    print(json.dumps(finite_or_none(record)), flush=True)
 
 
 if __name__ == "__main__":

@@ -37,39 +37,27 @@ nats per row of each DEBD split after training, scored without gradients in
 batches of 1000. ``peak_rss_mb`` is ``ru_maxrss`` at the end (data loading
 included); ``baseline_rss_mb`` the same after imports and data loading.
 
-This file imports no skpc: SPFlow's venv does not have it. The DEBD loader is
-a copy of the few lines of ``benchmarks/density.load_debd``.
+This file imports no skpc: SPFlow's venv does not have it. The DEBD loader
+comes from ``benchmarks/_data.py`` (numpy only).
 """
 
-import gzip
-import json
-import os
-import platform
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from _harness import adam_epochs, finite_or_none, maxrss_mib, median_or_nan
+from _harness import adam_epochs, maxrss_mib, median_or_nan, run_hclt_child
 
-import spflow
-from spflow.learn.expectation_maximization import expectation_maximization_batched
-from spflow.zoo.hclt import learn_hclt_binary
-from spflow.zoo.hclt.chow_liu import learn_chow_liu_trees_binary
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the DEBD loader (numpy only)
+from _data import load_debd  # noqa: E402
 
-
-def load_debd(data_dir, name):
-    """(train, valid, test) float32 arrays of one DEBD set (copy of density.load_debd)."""
-    splits = []
-    for split in ("train", "valid", "test"):
-        path = Path(data_dir) / "debd" / name / f"{name}.{split}.data.gz"
-        with gzip.open(path, "rt") as f:
-            splits.append(np.loadtxt(f, delimiter=",", dtype=np.float32, ndmin=2))
-    return tuple(splits)
+import spflow  # noqa: E402
+from spflow.learn.expectation_maximization import expectation_maximization_batched  # noqa: E402
+from spflow.zoo.hclt import learn_hclt_binary  # noqa: E402
+from spflow.zoo.hclt.chow_liu import learn_chow_liu_trees_binary  # noqa: E402
 
 
 def mean_ll(model, X, batch=1000):
@@ -80,7 +68,7 @@ def mean_ll(model, X, batch=1000):
 
 
 def body(config, record):
-    train, valid, test = (torch.from_numpy(a) for a in load_debd(config["data_dir"], config["dataset"]))
+    train, valid, test = (torch.from_numpy(a) for a in load_debd(config["data_dir"], config["dataset"], np.float32))
     record.update(n_train=int(train.shape[0]), n_features=int(train.shape[1]))
     record["baseline_rss_mb"] = maxrss_mib()
     K = int(config["n_sums"])
@@ -139,39 +127,14 @@ def body(config, record):
 
 
 def main():
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: run_spflow_hclt.py '<config JSON>' (started by benchmarks/hclt_spflow.py)")
-    config = json.loads(sys.argv[1])
-    torch.set_num_threads(int(config["threads"]))
-    record = {
-        "library": "spflow",
-        "method": config["method"],
-        "dataset": config["dataset"],
-        "n_sums": config["n_sums"],
-        "status": "ok",
-        "spflow": getattr(spflow, "__version__", "1.1.0"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "batch_size": config["batch_size"],
-        "learning_rate": config["learning_rate"] if config["method"] == "adam" else None,
-        "loadavg_start": list(os.getloadavg()),
-        "_start": time.perf_counter(),
-    }
-    try:
-        body(config, record)
-    except Exception as exc:  # a crash is a result too: record it and move on
-        record["status"] = "error"
-        record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        traceback.print_exc(file=sys.stderr)
-    record["child_wall_s"] = time.perf_counter() - record.pop("_start")
-    record["loadavg_end"] = list(os.getloadavg())
-    record.setdefault("peak_rss_mb", maxrss_mib())
-    record["structure"] = (
+    run_hclt_child(
+        "run_spflow_hclt.py",
+        "spflow",
+        {"spflow": getattr(spflow, "__version__", "1.1.0")},
         "spflow learn_hclt_binary: per variable Bernoulli(K) * prod over children of Sum(K x K)(child subtree); "
-        "root Sum(K -> 1)"
+        "root Sum(K -> 1)",
+        body,
     )
-    print(json.dumps(finite_or_none(record)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Region graphs (numpy only): the structures that circuits are built on."""
 
 from .compose import compose_region_graphs
-from .chow_liu import chow_liu_tree, hclt_region_graph, mutual_information
+from .chow_liu import chow_liu_tree, coarsen_states, hclt_region_graph, mutual_information
 from .merge import merge_region_graphs
 from .poon_domingos import poon_domingos
 from .random_binary_tree import random_binary_trees
@@ -10,6 +10,7 @@ from .region_graph import RegionGraph
 __all__ = [
     "RegionGraph",
     "chow_liu_tree",
+    "coarsen_states",
     "compose_region_graphs",
     "hclt_region_graph",
     "merge_region_graphs",

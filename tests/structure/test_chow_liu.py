@@ -8,6 +8,7 @@ import skpc.structure.chow_liu as chow_liu_module
 from skpc.structure import (
     RegionGraph,
     chow_liu_tree,
+    coarsen_states,
     hclt_region_graph,
     mutual_information,
 )
@@ -456,3 +457,16 @@ def test_hclt_single_variable_and_from_data():
 def test_hclt_rejects_invalid_trees(parent, root, match):
     with pytest.raises(ValueError, match=match):
         hclt_region_graph(np.asarray(parent), root)
+
+
+def test_coarsen_states_bins_many_state_columns_only():
+    X = np.array([[0, 255, 3, 0.5], [17, 16, np.nan, -1.2], [255, 0, 15, 2.0]])
+    out = coarsen_states(X, ["discrete", "discrete", "discrete", "gaussian"], max_states=16)
+    # 256 states -> bins of width 16; a 16-state column (max 15) and Gaussian columns are kept
+    np.testing.assert_array_equal(out[:, 0], [0, 1, 15])
+    np.testing.assert_array_equal(out[:, 1], [15, 1, 0])
+    np.testing.assert_array_equal(out[:, 2], X[:, 2])
+    np.testing.assert_array_equal(out[:, 3], X[:, 3])
+    assert X[0, 1] == 255  # the input is not changed
+    with pytest.raises(ValueError, match="bin them"):  # what the estimator avoids by binning first
+        mutual_information(np.tile(np.arange(256.0)[:, None], (1, 130)), kind="discrete")  # 130 x 255 columns
