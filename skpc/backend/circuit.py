@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .layers import SEMIRINGS, log_einsum_exp, log_einsum_exp_halves, log_hadamard_exp, log_mix, log_root
+from .numerics import flushing_subnormals
 
 PARTITION_LAYERS = ("einsum", "cp")
 
@@ -633,6 +634,7 @@ class CompiledCircuit:
         leaf_values = self.leaf_values(self.leaf_inputs(X), params, softening=softening)
         return self.forward(leaf_values, params, evidence=evidence).output
 
+    @flushing_subnormals
     def log_prob_in_chunks(self, X, params, evidence=None):
         """``log_prob`` of every row of X (N, D) without gradients, ``chunk_size()``
         rows per pass so that memory stays bounded: (N,) or (N, K).

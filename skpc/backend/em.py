@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .numerics import flushing_subnormals
+
 # Sum weights are kept strictly positive: a zero weight can never recover.
 WEIGHT_FLOOR = 1e-8
 
@@ -112,6 +114,7 @@ class LatentEvidence:
         return {region: allowed[:, i] for i, region in enumerate(self.regions)}
 
 
+@flushing_subnormals
 def e_step(circuit, X, params, objective=log_likelihood, index=None, evidence=None, softening=1.0):
     """Posterior statistics of a batch X (B, D) (NaN = missing).
 

@@ -56,6 +56,7 @@ import torch
 from .circuit import CircuitParams, ForwardPass, WeightSpec
 from .layers import log_matmul_exp, log_root
 from .leaves import CategoricalLeaf
+from .numerics import flushing_subnormals
 from .leaves.base import PROB_FLOOR
 
 # Elements of a chunk's activations (about 8 T K floats a window): 2^25
@@ -452,6 +453,7 @@ class HMMCircuit:
         ``evidence`` as in ``forward``."""
         return self.forward(self.leaf_values(self.leaf_inputs(X), params), params, evidence=evidence).output
 
+    @flushing_subnormals
     def log_prob_in_chunks(self, X, params, evidence=None):
         """``log_prob`` of every window of X (N, T) without gradients,
         ``chunk_size()`` windows per pass: (N,). ``evidence``: None or a

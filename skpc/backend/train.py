@@ -61,6 +61,7 @@ import torch
 
 from .em import e_step, log_likelihood, m_step
 from .gradient import constrain, detach_params, unconstrain
+from .numerics import flushing_subnormals
 
 # Step-size halvings on plateaus before the stochastic phase ends.
 MAX_STEP_DECAYS = 5
@@ -315,6 +316,7 @@ class Trainer:
         self.valid_evidence = valid_evidence
 
     # ------------------------------------------------------------- scoring
+    @flushing_subnormals
     def score(self, X, params, objective=None, evidence=None):
         """Mean objective over the rows of X (reduced across processes); the
         validation objective and evidence unless others are given."""
@@ -327,6 +329,7 @@ class Trainer:
         return _Totals(self.reduce, X.device).mean(total, X.shape[0])
 
     # -------------------------------------------------------------- epochs
+    @flushing_subnormals
     def em_step(self, X, params, learning_rate):
         """One EM update from the statistics of all rows of X (reduced across
         processes), with step size ``learning_rate`` in (0, 1]: full-batch EM
@@ -404,6 +407,7 @@ class Trainer:
         return params, float(total / rows)
 
     # ----------------------------------------------------------------- fit
+    @flushing_subnormals
     def fit(self, params, X, generator, X_valid=None):
         """Train from ``params`` on X (N, D) (NaN = missing); X_valid for early stopping.
 
