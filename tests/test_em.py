@@ -215,3 +215,17 @@ def test_weight_update_floor_zero_counts_and_padding(step):
     assert got[2, 2] == 0.0  # padding stays exactly zero
     np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-12)
     assert (got[:, :2] >= WEIGHT_FLOOR).all()
+
+
+def test_e_step_into_adds_a_batch_to_earlier_statistics():
+    X = np.random.default_rng(4).normal(size=(90, 6))
+    model = EinsumNetworkDensity(n_sums=3, n_repetitions=2, depth=2, leaf="gaussian", max_iter=2, batch_size=None,
+                                 tol=None, early_stopping=False, dtype="float64", random_state=0).fit(X)
+    circuit, params = model._circuit_cache, model.params_
+    Xt = torch.tensor(X)
+    _, whole = e_step(circuit, Xt, params)
+    _, summed = e_step(circuit, Xt[:40], params)
+    _, result = e_step(circuit, Xt[40:], params, into=summed)
+    assert result is summed
+    for a, b in zip(summed.tensors(), whole.tensors()):
+        torch.testing.assert_close(a, b)

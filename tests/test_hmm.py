@@ -825,3 +825,20 @@ def _small_model():
                          expected_failed_checks=lambda est: EXPECTED_FAILED)
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("homogeneous", [False, True])
+def test_e_step_into_sums_chunks_in_place(homogeneous):
+    """Full-batch EM adds each chunk's statistics into the first chunk's
+    (``e_step(..., into=)``, the token leaf's add_expected_statistics):
+    the same sums as one E-step on all rows, without a table per chunk."""
+    circuit, params = random_params(homogeneous, seed=3)
+    X = torch.as_tensor(random_windows(60, np.random.default_rng(3), missing=0.2))
+    value_all, whole = e_step(circuit, X, params)
+    value_a, summed = e_step(circuit, X[:25], params)
+    tables = [t.data_ptr() for t in summed.tensors()]
+    value_b, summed_again = e_step(circuit, X[25:], params, into=summed)
+    assert summed_again is summed and [t.data_ptr() for t in summed.tensors()] == tables  # in place
+    torch.testing.assert_close(torch.cat([value_a, value_b]), value_all)
+    for a, b in zip(summed.tensors(), whole.tensors()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -115,7 +115,7 @@ class LatentEvidence:
 
 
 @flushing_subnormals
-def e_step(circuit, X, params, objective=log_likelihood, index=None, evidence=None, softening=1.0):
+def e_step(circuit, X, params, objective=log_likelihood, index=None, evidence=None, softening=1.0, into=None):
     """Posterior statistics of a batch X (B, D) (NaN = missing).
 
     ``index`` (B,) are the batch's rows in the data set (for objectives with
@@ -129,6 +129,14 @@ def e_step(circuit, X, params, objective=log_likelihood, index=None, evidence=No
     (``leaf.soft_expected_statistics``); weight counts keep their form,
     w * dF/dw. Returns (objective per row (B,) detached,
     ExpectedStatistics).
+
+    ``into``: an ExpectedStatistics of earlier batches (same circuit) that
+    this batch's statistics are added to in place and that is returned:
+    summing the chunks of a full-batch pass without a statistics tensor per
+    chunk. A leaf with an ``add_expected_statistics(data, grad, stats,
+    counts)`` method adds its statistics straight into ``into``'s tensors
+    (the HMM's token leaf: its (T, 1, K, V) table per chunk took 1.3 GB at
+    K=1024); any other leaf's are computed, then added.
     """
     data = circuit.leaf_inputs(X)
     with torch.no_grad():
@@ -139,13 +147,22 @@ def e_step(circuit, X, params, objective=log_likelihood, index=None, evidence=No
     output = circuit.forward(leaf_values, params.with_weights(weights), evidence=masks).output
     value = objective(output, index)
     grads = torch.autograd.grad(value.sum(), [leaf_values, *weights])
+    # w * dF/dw, written over the gradients (fresh tensors nobody else holds)
+    weight_counts = [g.mul_(w.detach()) for w, g in zip(weights, grads[1:])]
+    if into is not None and softening == 1.0 and hasattr(circuit.leaf, "add_expected_statistics"):
+        circuit.leaf.add_expected_statistics(data, grads[0], into.leaf_stats, into.leaf_counts)
+        for mine, theirs in zip(into.weight_counts, weight_counts):
+            mine += theirs
+        return value.detach(), into
     if softening != 1.0:
         leaf_stats, leaf_counts = circuit.leaf.soft_expected_statistics(data, params.leaf, grads[0], softening)
     else:
         leaf_stats, leaf_counts = circuit.leaf.expected_statistics(data, grads[0])
-    # w * dF/dw, written over the gradients (fresh tensors nobody else holds)
-    weight_counts = [g.mul_(w.detach()) for w, g in zip(weights, grads[1:])]
-    return value.detach(), ExpectedStatistics(leaf_stats, leaf_counts, weight_counts)
+    stats = ExpectedStatistics(leaf_stats, leaf_counts, weight_counts)
+    if into is None:
+        return value.detach(), stats
+    into += stats
+    return value.detach(), into
 
 
 def _em_update(counts, old, dim, learning_rate, mask=None, pseudocount=0.0):

@@ -151,20 +151,27 @@ class TokenEmissions(CategoricalLeaf):
         (P, 1, K), P = T (or 1 when tied, summed over positions); missing
         tokens count nowhere.
         """
+        T, K, _ = grad.shape
+        P = 1 if self.tied else T
+        stats = grad.new_zeros(P, 1, K, self.n_categories)
+        counts = grad.new_zeros(P, 1, K)
+        self.add_expected_statistics(data, grad, stats, counts)
+        return stats, counts
+
+    def add_expected_statistics(self, data, grad, stats, counts):
+        """``expected_statistics`` added in place to ``stats`` (P, 1, K, V)
+        and ``counts`` (P, 1, K): a full-batch pass sums its chunks into one
+        table instead of allocating and adding one per chunk."""
         x, obs = data
         T, K, B = grad.shape
         weighted = grad * obs.unsqueeze(1)  # (T, K, B), 0 where the token is missing
-        V = self.n_categories
         if self.tied:
-            stats = grad.new_zeros(1, 1, K, V)
             # every (position, window) is one column: (K, T*B) added at its token
             stats[0, 0].index_add_(1, x.reshape(-1), weighted.transpose(0, 1).reshape(K, T * B))
-            counts = weighted.sum((0, 2)).view(1, 1, K)
+            counts += weighted.sum((0, 2)).view(1, 1, K)
         else:
-            stats = grad.new_zeros(T, 1, K, V)
             stats[:, 0].scatter_add_(2, x.unsqueeze(1).expand(T, K, B), weighted)
-            counts = weighted.sum(2).unsqueeze(1)  # (T, 1, K)
-        return stats, counts
+            counts += weighted.sum(2).unsqueeze(1)  # (T, 1, K)
 
     def m_step(self, phi, stats, counts, learning_rate, pseudocount=0.0):
         """``project(lerp(phi, project(stats / counts), learning_rate))``, a

@@ -342,14 +342,11 @@ class Trainer:
         """
         stats, total = None, 0.0
         for idx in _chunks(X.shape[0], self.circuit.chunk_size(), X.device):
-            value, batch_stats = e_step(
-                self.circuit, X[idx], params, self.objective, idx, self.evidence, self.schedule.softening
+            # the first chunk's statistics are the sum that later chunks add to in place
+            value, stats = e_step(
+                self.circuit, X[idx], params, self.objective, idx, self.evidence, self.schedule.softening, into=stats
             )
             total += float(value.sum())
-            if stats is None:
-                stats = batch_stats
-            else:
-                stats += batch_stats
         figures = _figures(total, X.shape[0], X.device)
         self.reduce([figures])
         self.reduce(stats.tensors())
