@@ -256,3 +256,30 @@ def test_gaussian_unconstrained_map_round_trips_and_respects_the_bounds(max_var)
     grid = torch.stack([torch.zeros(50, dtype=torch.float64), torch.linspace(-5, 5, 50, dtype=torch.float64)], -1)
     var_grid = leaf.from_unconstrained(grid)[:, 1]
     assert (torch.diff(var_grid) > 0).all()
+
+
+def test_categorical_log_table_is_reused_only_for_the_same_unchanged_tensor():
+    import gc
+
+    from skpc.backend.leaves import families
+
+    leaf = families.CategoricalLeaf(n_categories=4)
+    x = torch.tensor([[[0, 1, 3]]])  # (L=1, S=1, B=3)
+    data = (x, torch.ones(1, 1, 3))
+    phi = torch.tensor([[[[0.1, 0.2, 0.3, 0.4]]]])  # (L, S, K=1, C)
+    first = leaf.pair_log_prob(data, phi)
+    torch.testing.assert_close(first[0, 0, 0], torch.log(torch.tensor([0.1, 0.2, 0.4])))
+    table = families._LOG_TABLES._entry[2]
+    leaf.pair_log_prob(data, phi)
+    assert families._LOG_TABLES._entry[2] is table  # reused for the same tensor
+    phi.copy_(torch.tensor([0.4, 0.3, 0.2, 0.1]))  # changed in place: its version moves on
+    torch.testing.assert_close(leaf.pair_log_prob(data, phi)[0, 0, 0], torch.log(torch.tensor([0.4, 0.3, 0.1])))
+    other = phi.clone()  # equal values, another tensor
+    leaf.pair_log_prob(data, other)
+    assert families._LOG_TABLES._entry[0]() is other
+    del other
+    gc.collect()
+    assert families._LOG_TABLES._entry is None  # dropped with its tensor
+    grad_phi = phi.clone().requires_grad_(True)
+    leaf.pair_log_prob(data, grad_phi).sum().backward()  # Adam's parameters: computed afresh, differentiable
+    assert grad_phi.grad is not None and families._LOG_TABLES._entry is None
