@@ -481,12 +481,14 @@ def _maximum_spanning_tree(weights, root):
     parent = np.full(n, -1, dtype=np.int64)
     if n == 1:
         return parent
-    # scipy reads a zero as "no edge", so minimize offset - w with the offset
-    # above every weight: all pairs stay edges (strictly positive cost), and
-    # every spanning tree has n - 1 edges, so the order of trees is reversed
-    # exactly. 2 * max keeps the resolution relative to the weights' scale.
+    # scipy reads a zero as "no edge", so minimize 2 - w / max(w), in [1, 2]:
+    # all pairs stay edges, and every spanning tree has n - 1 edges, so the
+    # order of trees is reversed exactly. Scaled by the largest weight so that
+    # the costs keep the weights' resolution, and at least 1: with costs of
+    # the weights' own scale (2 max - w) scipy found no edge at all when
+    # every MI was about 1e-30 (independent features).
     top = float(weights.max())
-    cost = (2.0 * top if top > 0 else 1.0) - weights
+    cost = 2.0 - (weights / top if top > 0 else weights)
     np.fill_diagonal(cost, 0.0)
     tree = minimum_spanning_tree(np.triu(cost)).tocoo()
     # Cannot fail with all costs > 0; guards against a change in scipy.

@@ -470,3 +470,16 @@ def test_coarsen_states_bins_many_state_columns_only():
     assert X[0, 1] == 255  # the input is not changed
     with pytest.raises(ValueError, match="bin them"):  # what the estimator avoids by binning first
         mutual_information(np.tile(np.arange(256.0)[:, None], (1, 130)), kind="discrete")  # 130 x 255 columns
+
+
+def test_tree_spans_every_feature_when_all_mutual_information_is_tiny():
+    # independent features: every MI about 1e-30 (found by a fit of 4 independent columns)
+    weights = np.array([[0.0, 1.2e-30, 1.6e-31, 4.3e-31], [1.2e-30, 0.0, 7.6e-32, 3.2e-30],
+                        [1.6e-31, 7.6e-32, 0.0, 6.2e-30], [4.3e-31, 3.2e-30, 6.2e-30, 0.0]])
+    parent = chow_liu_module._maximum_spanning_tree(weights, 0)
+    assert (parent >= 0).sum() == 3
+    # the maximum tree of these weights (Kruskal: 6.2, 3.2, then 1.2 joins 0)
+    assert {frozenset((v, int(p))) for v, p in enumerate(parent) if p >= 0} == {
+        frozenset((2, 3)), frozenset((1, 3)), frozenset((0, 1))}
+    X = np.random.default_rng(0).normal(size=(40, 4))
+    assert (chow_liu_tree(X, kind="gaussian")[0] >= 0).sum() == 3
