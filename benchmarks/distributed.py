@@ -239,7 +239,7 @@ if __name__ == "__main__":  # the workers import this file: they must not rerun 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(rows, 32))
     X[:, 1::2] += X[:, ::2]
-    base = EinsumNetworkDensity(depth=3, n_repetitions=4, batch_size=100, max_iter=epochs, tol=None,
+    base = EinsumNetworkDensity(structure="rat", depth=3, n_repetitions=4, batch_size=100, max_iter=epochs, tol=None,
                                 max_full_batch_iter=0, early_stopping=False, random_state=0)
     grid = {"n_sums": [2, 4, 8], "learning_rate": [0.2, 0.5]}
     record = {"part": "grid_search", "candidates": 6, "cv": 3, "rows": rows, "epochs": epochs}

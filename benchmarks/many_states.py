@@ -14,7 +14,7 @@ Models, one JSON line each (bits per dimension = -log2 p(x) / 784):
   categorical leaves project their parameters (every probability at least
   ``PROB_FLOOR`` = 1e-6, renormalized) it is the fixed point of full-batch
   EM for that model, the reference of the check.
-- ``independent_default``: ``EinsumNetworkDensity(leaf="categorical",
+- ``independent_default``: ``EinsumNetworkDensity(structure="rat", leaf="categorical",
   n_categories=256, n_sums=1, n_repetitions=1, depth=1)``, a product of
   independent pixels, at the estimator's default schedule (stochastic EM
   with step halving, then full-batch EM), ``fit(X, X_val=X_valid)``.
@@ -95,12 +95,12 @@ def closed_form(X_train, X_test):
 def make_model(name, args):
     common = dict(leaf="categorical", n_categories=N_STATES, random_state=args.seed)
     if name == "independent_default":
-        return EinsumNetworkDensity(n_sums=1, n_repetitions=1, depth=1, **common)
+        return EinsumNetworkDensity(structure="rat", n_sums=1, n_repetitions=1, depth=1, **common)
     if name == "independent_stochastic_only":
-        return EinsumNetworkDensity(n_sums=1, n_repetitions=1, depth=1, max_full_batch_iter=0, **common)
+        return EinsumNetworkDensity(structure="rat", n_sums=1, n_repetitions=1, depth=1, max_full_batch_iter=0, **common)
     if name == "independent_fixed_step":
         # no plateau within max_iter: 100 epochs at step 0.5, the best on validation kept
-        return EinsumNetworkDensity(
+        return EinsumNetworkDensity(structure="rat",
             n_sums=1, n_repetitions=1, depth=1, max_full_batch_iter=0, n_iter_no_change=100, **common
         )
     return EinsumNetworkDensity(

@@ -75,7 +75,7 @@ def _build_parser():
     fit.add_argument("data", help="a .npy file, or 'mnist'")
     fit.add_argument("--data-dir", default=os.environ.get("SKPC_DATA", os.path.join("..", "shared", "data")),
                      help="folder holding mnist/mnist.npz (default: $SKPC_DATA or ../shared/data)")
-    fit.add_argument("--structure", choices=("rat", "pd", "hclt"), default="rat")
+    fit.add_argument("--structure", choices=("hclt", "rat", "pd"), default="hclt", help="(default: %(default)s, the estimator's)")
     fit.add_argument("--leaf", default=None, help="leaf family (default: categorical for mnist, else gaussian)")
     fit.add_argument("--n-sums", type=_positive_int, default=10)
     fit.add_argument("--depth", type=_positive_int, default=None)

@@ -73,7 +73,7 @@ default="empirical"
     >>> rng = np.random.default_rng(0)
     >>> X = np.vstack([rng.normal(-2, 1, (50, 4)), rng.normal(2, 1, (50, 4))])
     >>> y = np.repeat(["neg", "pos"], 50)
-    >>> density = EinsumNetworkDensity(n_sums=2, n_repetitions=2, max_iter=5, tol=None, random_state=0)
+    >>> density = EinsumNetworkDensity(structure="rat", n_sums=2, n_repetitions=2, max_iter=5, tol=None, random_state=0)
     >>> clf = EinsumNetworkClassifier(density).fit(X, y)
     >>> clf.predict([[-2.0, -2.0, np.nan, np.nan], [np.nan, 2.0, 2.0, np.nan]])
     array(['neg', 'pos'], dtype='<U3')

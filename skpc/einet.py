@@ -60,21 +60,26 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
 
     Parameters
     ----------
-    structure : {"rat", "pd", "hclt"} or RegionGraph, default="rat"
-        "rat": random binary trees (RAT-SPN) of ``depth`` and
-        ``n_repetitions``; "pd": Poon-Domingos over ``image_shape``;
+    structure : {"hclt", "rat", "pd"} or RegionGraph, default="hclt"
         "hclt": a hidden Chow-Liu tree learned from the training rows (the
         maximum spanning tree of pairwise mutual information, from at most
         2**21 values of evenly spaced rows, discrete columns of more than
         16 states binned to 16 for it, see
         :func:`skpc.structure.coarsen_states`; a region per subtree, with
-        CP layers by default); or a region graph over exactly
+        CP layers by default); the default: at the defaults it fitted
+        held-out data better than random binary trees on every set
+        measured (scikit-learn's digits -92.7 against -100.6 nats, iris,
+        wine, diabetes; 5,000 MNIST digits -758.6 against about -1,000,
+        worse than independent pixels' -932.5; benchmarks/RESULTS.md) with
+        8 to 66 times fewer parameters. "rat": random binary trees
+        (RAT-SPN) of ``depth`` and ``n_repetitions``; "pd": Poon-Domingos
+        over ``image_shape``; or a region graph over exactly
         ``n_features`` variables (copied at fit).
     depth : int or None, default=None
-        Split depth D of the random binary trees; None picks
-        ``min(4, floor(log2(n_features)))``.
+        With ``structure="rat"``: split depth D of the random binary trees;
+        None picks ``min(4, floor(log2(n_features)))``.
     n_repetitions : int, default=10
-        R, the number of random binary trees.
+        With ``structure="rat"``: R, the number of random binary trees.
     n_hclt : int, default=1
         With ``structure="hclt"``: n > 1 learns n Chow-Liu trees, each on a
         bootstrap resample of the training rows and rooted at a random
@@ -148,7 +153,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         the step size is halved (at most 5 times), then the phase ends.
     tol : float or None, default=1e-4
         Improvements of the mean log-likelihood by at most ``tol`` nats
-        count as none. None: no stop rule, every phase runs its full
+        per epoch (since the best epoch) count as none. None: no stop rule, every phase runs its full
         number of epochs.
     max_full_batch_iter : int, default=50
         After stochastic EM, at most this many full-batch EM epochs from
@@ -314,7 +319,7 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
 
     def __init__(
         self,
-        structure="rat",
+        structure="hclt",
         depth=None,
         n_repetitions=10,
         n_hclt=1,
@@ -412,6 +417,13 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
             raise ValueError(
                 f"n_hclt={self.n_hclt} builds a mixture of hidden Chow-Liu trees, which needs structure='hclt'; "
                 "use structure='hclt' or n_hclt=1."
+            )
+        if self.depth is not None and not (isinstance(self.structure, str) and self.structure == "rat"):
+            structure = self.structure if isinstance(self.structure, str) else "a RegionGraph"
+            raise ValueError(
+                f"depth={self.depth} sets the depth of random binary trees, but structure={structure!r} "
+                "(the default is 'hclt', a hidden Chow-Liu tree); pass structure='rat' to use depth, "
+                "or leave depth=None."
             )
         if isinstance(self.structure, RegionGraph):
             graph = self.structure

@@ -85,7 +85,7 @@ class CircuitOutlierDetector(DensityWrapperMixin, OutlierMixin, BaseEstimator):
     >>> from skpc import CircuitOutlierDetector, EinsumNetworkDensity
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(200, 4))
-    >>> density = EinsumNetworkDensity(n_sums=4, n_repetitions=2, max_iter=5, tol=None, random_state=0)
+    >>> density = EinsumNetworkDensity(structure="rat", n_sums=4, n_repetitions=2, max_iter=5, tol=None, random_state=0)
     >>> detector = CircuitOutlierDetector(density, contamination=0.05).fit(X)
     >>> detector.predict([[0.0, 0.0, 0.0, 0.0], [8.0, 8.0, 8.0, 8.0]])
     array([ 1, -1])

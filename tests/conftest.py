@@ -68,8 +68,8 @@ def fit_discrete(leaf, n_features, n_states, *, seed=0, n_samples=200, max_iter=
     """A model (float64 unless ``dtype`` is given) with discrete leaves fitted by a few EM epochs on random data."""
     rng = np.random.default_rng(seed)
     X = random_data(n_samples, n_features, n_states, rng)
-    defaults = dict(n_sums=3, n_repetitions=2, max_iter=max_iter, batch_size=None, tol=None, dtype="float64",
-                    early_stopping=False)
+    defaults = dict(structure="rat", n_sums=3, n_repetitions=2, max_iter=max_iter, batch_size=None, tol=None,
+                    dtype="float64", early_stopping=False)
     defaults.update(params)
     extra = {}
     if leaf == "categorical":

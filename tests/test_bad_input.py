@@ -138,8 +138,8 @@ def test_pd_image_shape_inconsistent():
 def test_depth_deeper_than_features_allow():
     X = np.random.default_rng(0).normal(size=(30, 5))
     with pytest.raises(ValueError, match=r"depth=3 needs at least 2\*\*depth=8 features.*use depth <= 2"):
-        EinsumNetworkDensity(depth=3).fit(X)
-    EinsumNetworkDensity(depth=2, max_iter=1, tol=None).fit(X)  # the suggested fix works
+        EinsumNetworkDensity(structure="rat", depth=3).fit(X)
+    EinsumNetworkDensity(structure="rat", depth=2, max_iter=1, tol=None).fit(X)  # the suggested fix works
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is missing")
@@ -199,7 +199,7 @@ def test_nan_rows_fit_fine():
     rng = np.random.default_rng(3)
     X = random_data(100, 6, 2, rng, nan_fraction=0.3)
     X[:10] = np.nan  # fully missing rows
-    model = EinsumNetworkDensity(
+    model = EinsumNetworkDensity(structure="rat",
         leaf="bernoulli", n_sums=3, n_repetitions=2, max_iter=3, tol=None, dtype="float64", random_state=0
     ).fit(X)
     assert np.isfinite(model.lower_bound_)
@@ -238,4 +238,10 @@ def test_unknown_device_is_a_clear_value_error(device):
 
 def test_depth_on_one_feature_says_one_feature():
     with pytest.raises(ValueError, match=r"1 feature\(s\)"):
-        EinsumNetworkDensity(depth=1, max_iter=1).fit(np.ones((10, 1)))
+        EinsumNetworkDensity(structure="rat", depth=1, max_iter=1).fit(np.ones((10, 1)))
+
+
+def test_depth_with_another_structure_says_to_pass_rat():
+    X = np.random.default_rng(0).normal(size=(20, 8))
+    with pytest.raises(ValueError, match="pass structure='rat' to use depth"):
+        EinsumNetworkDensity(depth=2, max_iter=1).fit(X)

@@ -174,12 +174,12 @@ def test_cp_sampling_matches_the_density():
 
 def test_cp_estimator_option_fits_and_normalizes():
     X = np.random.default_rng(0).integers(0, 2, size=(300, 6)).astype(float)
-    model = EinsumNetworkDensity(leaf="bernoulli", layer="cp", n_sums=4, depth=2, n_repetitions=2,
+    model = EinsumNetworkDensity(structure="rat", leaf="bernoulli", layer="cp", n_sums=4, depth=2, n_repetitions=2,
                                  batch_size=None, max_iter=10, tol=None, random_state=0).fit(X)
     assert model.layer_ == "cp"
     assert model.params_.weights["partition.1"].shape[2] == 4  # K x K, not K x K*K
     assert abs(logsumexp(model.score_samples(all_states(6)))) < 1e-5
-    einsum = EinsumNetworkDensity(leaf="bernoulli", n_sums=4, depth=2, n_repetitions=2, random_state=0).fit(X)
+    einsum = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=4, depth=2, n_repetitions=2, random_state=0).fit(X)
     assert model.n_parameters_ < einsum.n_parameters_
 
 

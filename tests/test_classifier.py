@@ -190,7 +190,7 @@ def test_a_single_class_is_refused(rng, labels, shown):
 
 def _unseeded_density():
     """A small density whose own random_state is None: unseeded, every fit differs."""
-    return EinsumNetworkDensity(n_sums=2, n_repetitions=2, max_iter=2, max_full_batch_iter=1, tol=None)
+    return EinsumNetworkDensity(structure="rat", n_sums=2, n_repetitions=2, max_iter=2, max_full_batch_iter=1, tol=None)
 
 
 def test_random_state_makes_refits_identical(rng):
@@ -247,7 +247,7 @@ def test_classes_share_the_leaf_inferred_from_all_rows():
     X = np.r_[rng.integers(0, 4, (60, 3)), rng.integers(2, 8, (60, 3))].astype(float)
     y = np.r_[np.zeros(60), np.ones(60)]
     for leaf in ("auto", "categorical"):
-        density = EinsumNetworkDensity(leaf=leaf, n_sums=2, n_repetitions=2, max_iter=5, tol=None, random_state=0)
+        density = EinsumNetworkDensity(structure="rat", leaf=leaf, n_sums=2, n_repetitions=2, max_iter=5, tol=None, random_state=0)
         clf = EinsumNetworkClassifier(density, random_state=0).fit(X, y)
         assert all(est.leaf_.n_categories == 8 for est in clf.estimators_)
         assert clf.score(X, y) > 0.9

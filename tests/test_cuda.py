@@ -38,7 +38,7 @@ def test_cuda_builds_the_same_structure_and_split_as_the_cpu():
 @pytest.mark.parametrize(
     "leaf, n_states, n_features, params",
     [
-        ("bernoulli", 2, 8, dict(depth=2, n_repetitions=3)),
+        ("bernoulli", 2, 8, dict(structure="rat", depth=2, n_repetitions=3)),
         ("categorical", 3, 5, dict(structure=hand_built_graph_5())),
         ("bernoulli", 2, 6, dict(structure="pd", image_shape=(2, 3), pd_delta=1)),
     ],
@@ -99,6 +99,6 @@ def test_cuda_sampling_and_imputation():
 
 def test_cuda_gaussian_float32_matches_cpu():
     X = np.random.default_rng(2).normal(size=(200, 4))
-    cpu = EinsumNetworkDensity(n_sums=3, n_repetitions=2, max_iter=3, tol=None, random_state=0).fit(X)
+    cpu = EinsumNetworkDensity(structure="rat", n_sums=3, n_repetitions=2, max_iter=3, tol=None, random_state=0).fit(X)
     gpu = _to_cuda(cpu)
     np.testing.assert_allclose(gpu.score_samples(X), cpu.score_samples(X), rtol=1e-5, atol=1e-5)

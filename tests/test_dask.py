@@ -26,7 +26,7 @@ def _data():
 
 
 def _search():
-    base = EinsumNetworkDensity(n_repetitions=2, depth=1, batch_size=None, max_iter=5, tol=None,
+    base = EinsumNetworkDensity(structure="rat", n_repetitions=2, depth=1, batch_size=None, max_iter=5, tol=None,
                                 early_stopping=False, random_state=0)
     return GridSearchCV(base, GRID, cv=2)
 
@@ -69,7 +69,7 @@ def test_workers_run_torch_on_their_one_thread(client):
 def test_estimators_pickle_cheaply():
     unfitted = EinsumNetworkDensity()
     assert len(pickle.dumps(unfitted)) < 2_000  # parameters only: no torch state before fit
-    model = EinsumNetworkDensity(n_sums=2, n_repetitions=1, depth=1, max_iter=1, batch_size=None, tol=None).fit(_data())
+    model = EinsumNetworkDensity(structure="rat", n_sums=2, n_repetitions=1, depth=1, max_iter=1, batch_size=None, tol=None).fit(_data())
     state = model.__getstate__()
     assert "_circuit_cache" not in state and "_query_cache" not in state
     assert state["params_"].leaf.device.type == "cpu"

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 WORLD = 2
 TIMEOUT = 120  # seconds for the whole group: a hang fails the tests
 
-SMALL = dict(n_sums=3, n_repetitions=2, depth=2, dtype="float64", random_state=3)
+SMALL = dict(structure="rat", n_sums=3, n_repetitions=2, depth=2, dtype="float64", random_state=3)
 # name -> (estimator parameters, data kind, rows of rank 0, rows of rank 1)
 CASES = {
     "full_batch": (dict(SMALL, batch_size=None, max_iter=6, tol=None, early_stopping=False), "gaussian", 70, 50),
@@ -43,7 +43,7 @@ CASES = {
     ),
     "adam": (dict(SMALL, optimizer="adam", batch_size=20, max_iter=3, tol=None, early_stopping=False), "gaussian", 50, 40),
     "hclt_categorical": (  # leaves inferred from both ranks' states, the tree from all rows
-        dict(SMALL, structure="hclt", layer="cp", leaf="categorical", batch_size=None, max_iter=3, tol=None,
+        dict(SMALL, structure="hclt", depth=None, layer="cp", leaf="categorical", batch_size=None, max_iter=3, tol=None,
              early_stopping=False),
         "categorical", 40, 40,
     ),
@@ -310,7 +310,7 @@ def test_torchrun_launcher_fits_the_one_process_model(tmp_path):
     X = _data("gaussian", 300, seed=5)
     np.save(tmp_path / "rows.npy", X)
     common = ["fit", str(tmp_path / "rows.npy"), "--full-batch", "--max-iter", "3", "--n-sums", "2",
-              "--n-repetitions", "2", "--depth", "2", "--dtype", "float64", "--output", str(tmp_path / "model.joblib")]
+              "--structure", "rat", "--n-repetitions", "2", "--depth", "2", "--dtype", "float64", "--output", str(tmp_path / "model.joblib")]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
     runs = {}
     for world, prefix in [(1, [sys.executable, "-m", "skpc"]),

@@ -63,8 +63,8 @@ def test_em_monotone_gaussian_with_active_variance_bounds(with_nan):
 @pytest.mark.parametrize(
     "leaf, n_states, params",
     [
-        ("bernoulli", 2, dict(depth=2, n_repetitions=2)),
-        ("categorical", 3, dict(depth=1, n_repetitions=3)),
+        ("bernoulli", 2, dict(structure="rat", depth=2, n_repetitions=2)),
+        ("categorical", 3, dict(structure="rat", depth=1, n_repetitions=3)),
         ("bernoulli", 2, dict(structure="hand5")),
         ("binomial", 3, dict(structure="pd", image_shape=(2, 3), pd_delta=1)),
     ],
@@ -182,7 +182,7 @@ def test_estimator_full_batch_step_equals_closed_form():
     """fit(max_iter=1) with warm_start applies exactly one closed-form EM step."""
     rng = np.random.default_rng(6)
     X = _gaussian_data(rng, n=100, d=2)
-    model = EinsumNetworkDensity(
+    model = EinsumNetworkDensity(structure="rat",
         depth=0, n_repetitions=1, n_sums=3, max_iter=1, batch_size=None, tol=None, early_stopping=False, min_var=0.01,
         dtype="float64", random_state=0, warm_start=True, pseudocount=0.0,  # maximum-likelihood EM
     ).fit(X)
@@ -219,7 +219,7 @@ def test_weight_update_floor_zero_counts_and_padding(step):
 
 def test_e_step_into_adds_a_batch_to_earlier_statistics():
     X = np.random.default_rng(4).normal(size=(90, 6))
-    model = EinsumNetworkDensity(n_sums=3, n_repetitions=2, depth=2, leaf="gaussian", max_iter=2, batch_size=None,
+    model = EinsumNetworkDensity(structure="rat", n_sums=3, n_repetitions=2, depth=2, leaf="gaussian", max_iter=2, batch_size=None,
                                  tol=None, early_stopping=False, dtype="float64", random_state=0).fit(X)
     circuit, params = model._circuit_cache, model.params_
     Xt = torch.tensor(X)

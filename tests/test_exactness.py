@@ -24,12 +24,12 @@ from conftest import (
 
 RAT_CASES = [
     # (leaf, n_features, n_states, extra estimator parameters)
-    ("bernoulli", 10, 2, dict(depth=1, n_repetitions=3)),
-    ("bernoulli", 10, 2, dict(depth=3, n_repetitions=2)),
-    ("bernoulli", 10, 2, dict(depth=0, n_repetitions=1, n_sums=4)),
-    ("categorical", 7, 3, dict(depth=2, n_repetitions=3)),
-    ("categorical", 7, 3, dict(depth=1, n_repetitions=1)),
-    ("binomial", 6, 3, dict(depth=2, n_repetitions=2)),
+    ("bernoulli", 10, 2, dict(structure="rat", depth=1, n_repetitions=3)),
+    ("bernoulli", 10, 2, dict(structure="rat", depth=3, n_repetitions=2)),
+    ("bernoulli", 10, 2, dict(structure="rat", depth=0, n_repetitions=1, n_sums=4)),
+    ("categorical", 7, 3, dict(structure="rat", depth=2, n_repetitions=3)),
+    ("categorical", 7, 3, dict(structure="rat", depth=1, n_repetitions=1)),
+    ("binomial", 6, 3, dict(structure="rat", depth=2, n_repetitions=2)),
 ]
 
 
@@ -152,7 +152,7 @@ def test_gaussian_2d_integrates_to_one(dtype, rtol):
 def test_single_gaussian_equals_scipy_norm():
     rng = np.random.default_rng(3)
     X = rng.normal(loc=2.0, scale=1.5, size=(100, 1))
-    model = EinsumNetworkDensity(
+    model = EinsumNetworkDensity(structure="rat",
         depth=0, n_repetitions=1, n_sums=1, leaf="gaussian", max_iter=2, batch_size=None, tol=None, early_stopping=False,
         dtype="float64", random_state=0,
     ).fit(X)
@@ -185,8 +185,8 @@ def test_gaussian_marginal_equals_integral():
 # Marginals against brute force
 
 MARGINAL_CASES = [
-    ("bernoulli", 2, dict(depth=2, n_repetitions=3), 8),
-    ("categorical", 3, dict(depth=2, n_repetitions=2), 6),
+    ("bernoulli", 2, dict(structure="rat", depth=2, n_repetitions=3), 8),
+    ("categorical", 3, dict(structure="rat", depth=2, n_repetitions=2), 6),
     ("bernoulli", 2, dict(structure="pd", image_shape=(2, 4), pd_delta=1), 8),
     ("categorical", 3, dict(structure="pd", image_shape=(2, 3), pd_delta=1), 6),
     ("bernoulli", 2, dict(structure="hand4"), 4),

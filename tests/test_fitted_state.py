@@ -57,7 +57,7 @@ def _fitted(leaf="gaussian"):
     X = rng.normal(size=(120, 8))
     if leaf == "categorical":
         X = rng.integers(0, 4, size=(120, 8)).astype(float)
-    model = EinsumNetworkDensity(leaf=leaf, n_sums=3, n_repetitions=2, max_iter=4, batch_size=None, tol=None, early_stopping=False,
+    model = EinsumNetworkDensity(structure="rat", leaf=leaf, n_sums=3, n_repetitions=2, max_iter=4, batch_size=None, tol=None, early_stopping=False,
                                  random_state=0).fit(X)
     return model, X
 
@@ -120,7 +120,7 @@ def test_structure_seed_is_drawn_on_the_host():
     from skpc.base import draw_seed
 
     X = np.random.default_rng(0).normal(size=(60, 8))
-    model = EinsumNetworkDensity(n_sums=2, depth=2, n_repetitions=3, max_iter=1, batch_size=None, tol=None, early_stopping=False,
+    model = EinsumNetworkDensity(structure="rat", n_sums=2, depth=2, n_repetitions=3, max_iter=1, batch_size=None, tol=None, early_stopping=False,
                                  random_state=5).fit(X)
     seed = draw_seed(check_random_state(5))
     assert model.region_graph_ == random_binary_trees(8, 2, 3, random_state=seed)
@@ -128,7 +128,7 @@ def test_structure_seed_is_drawn_on_the_host():
 
 def test_pickle_without_cuda_and_warm_start_round_trip(rng):
     X = random_data(150, 6, 2, rng)
-    model = EinsumNetworkDensity(leaf="bernoulli", n_sums=2, n_repetitions=2, max_iter=2, batch_size=None,
+    model = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=2, n_repetitions=2, max_iter=2, batch_size=None,
                                  tol=None, random_state=0).fit(X)
     restored = pickle.loads(pickle.dumps(model))
     restored.set_params(warm_start=True)

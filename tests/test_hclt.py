@@ -91,7 +91,7 @@ def test_hclt_full_batch_em_is_monotone_and_the_model_beats_independence():
     X = _chain_data(3000, rng)
     model = _hclt(X=X, max_iter=15)
     assert np.all(np.diff(model.train_scores_) >= -1e-9)
-    independent = EinsumNetworkDensity(leaf="bernoulli", n_sums=1, n_repetitions=1, depth=0, batch_size=None,
+    independent = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=1, n_repetitions=1, depth=0, batch_size=None,
                                        max_iter=2, tol=None, early_stopping=False, random_state=0).fit(X)
     assert model.lower_bound_ > independent.lower_bound_ + 1.0  # the chain's dependencies are learned
 
@@ -119,7 +119,7 @@ def test_default_layer_is_cp_for_hclt_and_einsum_otherwise():
                      early_stopping="auto")
     assert hclt.layer == "auto" and hclt.layer_ == "cp"
     assert hclt.n_parameters_ == explicit.n_parameters_  # K x K weights per partition, as layer="cp"
-    rat = EinsumNetworkDensity(leaf="bernoulli", n_sums=4, n_repetitions=2, max_iter=1, max_full_batch_iter=0,
+    rat = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=4, n_repetitions=2, max_iter=1, max_full_batch_iter=0,
                                tol=None, random_state=0).fit(X)
     assert rat.layer_ == "einsum"
 

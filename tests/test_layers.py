@@ -226,7 +226,7 @@ def test_log_einsum_exp_halves_equals_two_inputs(special, monkeypatch, chunk_ele
 def test_tree_levels_take_the_halves_path():
     """A random binary tree orders every level's store as [left children, right children]."""
     X = np.random.default_rng(0).normal(size=(40, 16))
-    model = EinsumNetworkDensity(depth=3, n_repetitions=1, n_sums=2, max_iter=1, tol=None, random_state=0).fit(X)
+    model = EinsumNetworkDensity(structure="rat", depth=3, n_repetitions=1, n_sums=2, max_iter=1, tol=None, random_state=0).fit(X)
     assert model._circuit.children_are_halves == [False, True, True, True]
 
 
@@ -304,7 +304,7 @@ def test_log_root_equals_naive_loops():
         ("bernoulli", 2, 4, dict(structure="hand4")),
         ("categorical", 3, 5, dict(structure="hand5")),
         ("binomial", 3, 6, dict(structure="pd", image_shape=(2, 3), pd_delta=1)),
-        ("bernoulli", 2, 7, dict(depth=2, n_repetitions=3)),
+        ("bernoulli", 2, 7, dict(structure="rat", depth=2, n_repetitions=3)),
         ("gaussian", None, 5, dict(structure="hand5", min_var=0.3, max_var=2.0)),
     ],
 )
@@ -338,7 +338,7 @@ def test_fits_through_the_chunked_layer_equal_fits_through_plain_ops(monkeypatch
     """Whole training runs (stochastic EM, Adam, full-batch EM) take the same
     path through either implementation of the einsum layer."""
     X = rng.normal(size=(120, 8))
-    params = dict(n_sums=3, n_repetitions=2, depth=2, max_iter=3, tol=None, random_state=0, dtype="float64",
+    params = dict(structure="rat", n_sums=3, n_repetitions=2, depth=2, max_iter=3, tol=None, random_state=0, dtype="float64",
                   optimizer=optimizer, batch_size=batch_size)
     plain = EinsumNetworkDensity(**params).fit(X)  # these levels fit one chunk: plain autograd ops
     monkeypatch.setattr(layers, "CPU_CHUNK_ELEMENTS", 1)  # every level through the custom function

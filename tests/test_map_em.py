@@ -61,7 +61,7 @@ def test_estimator_full_batch_map_step_equals_closed_form():
     """fit(max_iter=1, pseudocount=a) with warm_start takes exactly one closed-form MAP-EM step."""
     rng = np.random.default_rng(6)
     X = random_data(40, 5, 2, rng)
-    model = EinsumNetworkDensity(
+    model = EinsumNetworkDensity(structure="rat",
         depth=0, n_repetitions=1, n_sums=3, leaf="bernoulli", max_iter=1, batch_size=None, tol=None,
         early_stopping=False, dtype="float64", random_state=0, warm_start=True, pseudocount=1.5,
     ).fit(X)
@@ -91,7 +91,7 @@ def test_full_batch_map_em_never_lowers_the_log_posterior():
     rng = np.random.default_rng(1)
     X = random_data(50, 8, 2, rng, nan_fraction=0.1)
     alpha = 0.8
-    model = EinsumNetworkDensity(
+    model = EinsumNetworkDensity(structure="rat",
         depth=2, n_repetitions=2, n_sums=3, leaf="bernoulli", max_iter=1, batch_size=None, tol=None,
         early_stopping=False, dtype="float64", random_state=0, warm_start=True, pseudocount=alpha,
     )
@@ -160,7 +160,7 @@ def test_unseen_weights_and_missing_column_in_a_circuit():
 def test_pseudocount_zero_is_plain_em(batch_size):
     rng = np.random.default_rng(5)
     X = random_data(40, 6, 2, rng, nan_fraction=0.1)
-    kw = dict(depth=1, n_repetitions=2, n_sums=3, leaf="bernoulli", max_iter=4, batch_size=batch_size, tol=None,
+    kw = dict(structure="rat", depth=1, n_repetitions=2, n_sums=3, leaf="bernoulli", max_iter=4, batch_size=batch_size, tol=None,
               early_stopping=False, max_full_batch_iter=2, random_state=0)
     # pseudocount=0 runs the trainer's plain-EM path: the same as a schedule without the argument
     a = EinsumNetworkDensity(pseudocount=0.0, **kw)
@@ -199,7 +199,7 @@ def test_pseudocount_improves_held_out_likelihood_on_small_data():
         return (rng.random((n, D)) < centers[rng.integers(K, size=n)]).astype(float)
 
     X, X_test = draw(30), draw(2000)
-    kw = dict(depth=2, n_repetitions=4, n_sums=4, leaf="bernoulli", batch_size=None, max_iter=30, tol=None,
+    kw = dict(structure="rat", depth=2, n_repetitions=4, n_sums=4, leaf="bernoulli", batch_size=None, max_iter=30, tol=None,
               early_stopping=False, dtype="float64", random_state=0)
     plain = EinsumNetworkDensity(pseudocount=0.0, **kw).fit(X)
     map_em = EinsumNetworkDensity(pseudocount=1.0, **kw).fit(X)

@@ -32,7 +32,7 @@ def _mixed_data(n, seed=0):
 
 def _fit(leaf=MIXED, X=None, **params):
     X = _mixed_data(400) if X is None else X
-    settings = dict(n_sums=3, n_repetitions=2, depth=1, max_iter=6, batch_size=None, tol=None, early_stopping=False,
+    settings = dict(structure="rat", n_sums=3, n_repetitions=2, depth=1, max_iter=6, batch_size=None, tol=None, early_stopping=False,
                     dtype="float64", random_state=0)
     settings.update(params)
     return EinsumNetworkDensity(leaf=leaf, **settings).fit(X), X
@@ -172,7 +172,7 @@ def test_mixed_adam_and_stochastic_em_raise_the_likelihood():
 def test_poisson_model_normalizes_by_enumeration():
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.poisson(1.5, 300), rng.poisson(3.0, 300)]).astype(float)
-    model = EinsumNetworkDensity(leaf="poisson", n_sums=3, n_repetitions=2, depth=1, max_iter=5, batch_size=None,
+    model = EinsumNetworkDensity(structure="rat", leaf="poisson", n_sums=3, n_repetitions=2, depth=1, max_iter=5, batch_size=None,
                                  tol=None, early_stopping=False, dtype="float64", random_state=0).fit(X)
     grid = np.array(list(itertools.product(range(60), range(60))), dtype=float)  # the tail beyond 60 is < 1e-30
     assert logsumexp(model.score_samples(grid)) == pytest.approx(0.0, abs=1e-9)

@@ -13,7 +13,7 @@ SUPPORTED = torch.set_flush_denormal(False)  # False where the CPU has no such m
 
 
 def _fit(X, **params):
-    settings = dict(n_sums=4, n_repetitions=3, depth=2, leaf="gaussian", batch_size=None, max_iter=4, tol=None,
+    settings = dict(structure="rat", n_sums=4, n_repetitions=3, depth=2, leaf="gaussian", batch_size=None, max_iter=4, tol=None,
                     early_stopping=False, random_state=0)
     return EinsumNetworkDensity(**{**settings, **params}).fit(X)
 
@@ -51,7 +51,7 @@ def test_an_enclosing_flush_stays_on():
 def test_flushing_changes_no_log_likelihood(monkeypatch):
     # 512 features, 10 trees of depth 4: after 2 epochs the E-step's statistics hold subnormals
     X = np.random.default_rng(0).normal(size=(300, 512))
-    settings = dict(n_sums=10, n_repetitions=10, depth=4, max_iter=2)
+    settings = dict(structure="rat", n_sums=10, n_repetitions=10, depth=4, max_iter=2)
     flushed = _fit(X, **settings)
     circuit, params = flushed._circuit_cache, flushed.params_
     Xt = torch.tensor(X, dtype=torch.float32)

@@ -218,7 +218,7 @@ def test_grid_search_with_labels_uses_auroc(rng):
 
 def _unseeded_density():
     """A small density whose own random_state is None: unseeded, every fit differs."""
-    return EinsumNetworkDensity(n_sums=2, n_repetitions=2, max_iter=2, max_full_batch_iter=1, tol=None)
+    return EinsumNetworkDensity(structure="rat", n_sums=2, n_repetitions=2, max_iter=2, max_full_batch_iter=1, tol=None)
 
 
 def test_random_state_makes_refits_identical(rng):

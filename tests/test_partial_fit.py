@@ -15,7 +15,7 @@ import torch
 from skpc import EinsumNetworkDensity
 from skpc.backend.em import e_step, m_step
 
-SMALL = dict(n_sums=3, n_repetitions=2, depth=2, dtype="float64", random_state=0)
+SMALL = dict(structure="rat", n_sums=3, n_repetitions=2, depth=2, dtype="float64", random_state=0)
 
 
 def _batches(seed=0, n=(50, 40, 30, 60)):
@@ -89,7 +89,7 @@ def test_partial_fit_after_fit_continues_and_refuses_changed_circuits():
 
 def test_partial_fit_keeps_the_first_batch_leaves():
     X = np.random.default_rng(0).integers(0, 3, size=(40, 4)).astype(float)
-    model = EinsumNetworkDensity(leaf="categorical", n_sums=2, n_repetitions=1, depth=1, random_state=0).partial_fit(X)
+    model = EinsumNetworkDensity(structure="rat", leaf="categorical", n_sums=2, n_repetitions=1, depth=1, random_state=0).partial_fit(X)
     assert model.n_categories_ == 3
     later = X.copy()
     later[0, 0] = 5
@@ -121,7 +121,7 @@ def test_fit_on_a_memmap_equals_fit_in_memory(tmp_path, mode):
     X = rng.normal(size=(600, 8))
     X[rng.random(X.shape) < 0.05] = np.nan
     mm = _memmap(tmp_path, X, mode=mode)
-    params = dict(n_sums=3, n_repetitions=2, depth=2, batch_size=50, max_iter=3, max_full_batch_iter=2, tol=None,
+    params = dict(structure="rat", n_sums=3, n_repetitions=2, depth=2, batch_size=50, max_iter=3, max_full_batch_iter=2, tol=None,
                   random_state=0)
     in_memory = EinsumNetworkDensity(**params).fit(np.asarray(mm, dtype=np.float64))
     streamed = EinsumNetworkDensity(**params).fit(mm)
@@ -135,7 +135,7 @@ def test_fit_on_an_integer_memmap_with_validation_rows(tmp_path):
     rng = np.random.default_rng(1)
     X = rng.integers(0, 4, size=(300, 6))
     X_val = rng.integers(0, 4, size=(60, 6))
-    params = dict(leaf="categorical", n_sums=2, n_repetitions=2, depth=1, batch_size=40, max_iter=2, tol=None,
+    params = dict(structure="rat", leaf="categorical", n_sums=2, n_repetitions=2, depth=1, batch_size=40, max_iter=2, tol=None,
                   random_state=0)
     in_memory = EinsumNetworkDensity(**params).fit(X.astype(float), X_val=X_val.astype(float))
     streamed = EinsumNetworkDensity(**params).fit(_memmap(tmp_path, X, np.uint8),
@@ -187,7 +187,7 @@ RSS_CHILD = textwrap.dedent(
 
     # the baseline: after imports and a small streamed fit of the same model (the first 1,000
     # rows), so that the code's own pages and torch's allocations are made
-    params = dict(n_sums=2, n_repetitions=1, depth=1, max_iter=1, batch_size=None, tol=None, max_full_batch_iter=0,
+    params = dict(structure="rat", n_sums=2, n_repetitions=1, depth=1, max_iter=1, batch_size=None, tol=None, max_full_batch_iter=0,
                   validation_fraction=0.05, random_state=0)
     EinsumNetworkDensity(**params).fit(np.memmap(path, dtype=np.float32, mode="r", shape=(1000, n_features)))
     baseline = status_mib("VmRSS")
@@ -232,7 +232,7 @@ def test_scoring_a_memmap_streams_and_equals_scoring_in_memory(tmp_path, monkeyp
     rng = np.random.default_rng(4)
     X = rng.normal(size=(300, 6))
     X[rng.random(X.shape) < 0.05] = np.nan
-    model = EinsumNetworkDensity(n_sums=3, n_repetitions=2, max_iter=3, tol=None, random_state=0).fit(X)
+    model = EinsumNetworkDensity(structure="rat", n_sums=3, n_repetitions=2, max_iter=3, tol=None, random_state=0).fit(X)
     mm = _memmap(tmp_path, X, mode="r")
     expected = model.score_samples(np.asarray(mm, dtype=np.float64))
 

@@ -43,7 +43,7 @@ def _chisquare_pvalue(observed_states, log_probs, n_states):
 @pytest.mark.parametrize(
     "leaf, n_features, n_states, params",
     [
-        ("bernoulli", 8, 2, dict(depth=2, n_repetitions=3)),
+        ("bernoulli", 8, 2, dict(structure="rat", depth=2, n_repetitions=3)),
         ("bernoulli", 8, 2, dict(structure="pd", image_shape=(2, 4), pd_delta=1)),
         ("categorical", 5, 3, dict(structure=hand_built_graph_5())),
         ("binomial", 4, 3, dict(structure=hand_built_graph())),
@@ -70,7 +70,7 @@ def _gaussian_model(n_features, seed=0):
     rng = np.random.default_rng(seed)
     centers = np.array([[-3.0, 1.0], [0.5, -2.0], [4.0, 3.0]])[:, :n_features]
     X = centers[rng.integers(3, size=300)] + rng.normal(scale=0.8, size=(300, n_features))
-    model = EinsumNetworkDensity(
+    model = EinsumNetworkDensity(structure="rat",
         leaf="gaussian", n_sums=3, n_repetitions=2, max_iter=5, batch_size=None, tol=None, early_stopping=False, min_var=0.05,
         dtype="float64", random_state=seed,
     )
@@ -145,7 +145,7 @@ def test_impute_sample_keeps_evidence_exactly():
     assert set(np.unique(out)) <= {0.0, 1.0, 2.0}
     # Gaussian in float32: evidence is returned bit-exactly, not rounded through float32
     gauss, G = _gaussian_model(2)
-    gauss32 = EinsumNetworkDensity(leaf="gaussian", n_sums=3, n_repetitions=1, max_iter=2, random_state=0).fit(G)
+    gauss32 = EinsumNetworkDensity(structure="rat", leaf="gaussian", n_sums=3, n_repetitions=1, max_iter=2, random_state=0).fit(G)
     Gm = G[:50] + 1e-9  # values that float32 cannot represent
     Gm[::2, 0] = np.nan
     outg = gauss32.impute(Gm, random_state=0)
@@ -234,7 +234,7 @@ def test_mpe_exact_on_concentrated_weights(eps, structure):
     elif structure == "pd":
         params, d = dict(structure="pd", image_shape=(2, 4), pd_delta=1), 8
     else:
-        params, d = dict(depth=2, n_repetitions=3), 8
+        params, d = dict(structure="rat", depth=2, n_repetitions=3), 8
     model, X = fit_discrete("bernoulli", d, 2, **params)
     model = _concentrate(model, eps, seed=1)
     np.testing.assert_allclose(np.exp(logsumexp(model.score_samples(all_states(d)))), 1.0, rtol=1e-9)
@@ -311,7 +311,7 @@ def _model_and_partial_rows(leaf, n_states, n_features, params, n_rows, seed):
 @pytest.mark.parametrize(
     "leaf, n_states, n_features, params",
     [
-        ("bernoulli", 2, 6, dict(depth=2, n_repetitions=2)),
+        ("bernoulli", 2, 6, dict(structure="rat", depth=2, n_repetitions=2)),
         ("categorical", 3, 5, dict(structure="hand5")),
         ("bernoulli", 2, 6, dict(structure="pd", image_shape=(2, 3), pd_delta=1)),
     ],
@@ -331,7 +331,7 @@ def test_mpe_completion_maximizes_the_best_induced_tree(leaf, n_states, n_featur
 @pytest.mark.parametrize(
     "leaf, n_states, n_features, params",
     [
-        ("bernoulli", 2, 7, dict(depth=2, n_repetitions=2)),
+        ("bernoulli", 2, 7, dict(structure="rat", depth=2, n_repetitions=2)),
         ("categorical", 3, 5, dict(structure="hand5")),
         ("bernoulli", 2, 6, dict(structure="pd", image_shape=(2, 3), pd_delta=1)),
     ],
@@ -349,7 +349,7 @@ def test_gaussian_mpe_equals_naive_max_product_descent():
     """Gaussian leaves (missing entries at their densities' peaks in the upward pass): the hand-written descent."""
     rng = np.random.default_rng(5)
     X = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6))
-    model = EinsumNetworkDensity(
+    model = EinsumNetworkDensity(structure="rat",
         depth=2, n_repetitions=2, n_sums=3, max_iter=5, tol=None, dtype="float64", random_state=0
     ).fit(X)
     rows = X[:20].copy()
@@ -367,7 +367,7 @@ def test_sampling_runs_in_memory_bounded_chunks(monkeypatch):
     from skpc.backend import CompiledCircuit
 
     X = np.random.default_rng(0).normal(size=(300, 64))
-    model = EinsumNetworkDensity(n_sums=10, n_repetitions=10, depth=4, max_iter=1, max_full_batch_iter=0,
+    model = EinsumNetworkDensity(structure="rat", n_sums=10, n_repetitions=10, depth=4, max_iter=1, max_full_batch_iter=0,
                                  tol=None, random_state=0).fit(X)
     chunk = model._circuit.sampling_chunk_size()
     sizes = []
@@ -381,6 +381,6 @@ def test_sampling_runs_in_memory_bounded_chunks(monkeypatch):
     samples = model.sample(3 * chunk + 5, random_state=0)
     assert samples.shape == (3 * chunk + 5, 64) and np.isfinite(samples).all()
     assert sizes == [chunk, chunk, chunk, 5]
-    small = EinsumNetworkDensity(n_sums=2, n_repetitions=1, depth=1, max_iter=1, tol=None,
+    small = EinsumNetworkDensity(structure="rat", n_sums=2, n_repetitions=1, depth=1, max_iter=1, tol=None,
                                  random_state=0).fit(X[:, :4])
     assert small._circuit.sampling_chunk_size() > chunk  # a smaller circuit takes more rows per pass

@@ -75,7 +75,7 @@ def test_pipeline_keeps_nan_for_marginalization(rng):
 
 
 # ------------------------------------------------------- model selection
-GRID = {"n_sums": [1, 4], "depth": [1, 2], "n_repetitions": [1, 3]}
+GRID = {"structure": ["rat"], "n_sums": [1, 4], "depth": [1, 2], "n_repetitions": [1, 3]}
 
 
 def test_grid_search_over_circuit_parameters(rng):

@@ -99,7 +99,7 @@ def test_soft_circuit_log_likelihood_equals_enumeration(case, with_nan):
     rng = np.random.default_rng(2)
     X = np.stack([rng.integers(0, c, size=12) for c in states], 1).astype(float)
     X[:len(states)] = np.arange(len(states))[:, None] % np.array(states)  # every state seen
-    model = EinsumNetworkDensity(depth=1, n_repetitions=2, n_sums=3, leaf=spec, max_iter=3, batch_size=None, tol=None,
+    model = EinsumNetworkDensity(structure="rat", depth=1, n_repetitions=2, n_sums=3, leaf=spec, max_iter=3, batch_size=None, tol=None,
                                  early_stopping=False, dtype="float64", random_state=0).fit(X)
     circuit = CompiledCircuit(model.region_graph_, 3, model.leaf_, "cpu")
     if with_nan:
@@ -165,7 +165,7 @@ def test_estimator_full_batch_soft_step_equals_closed_form():
     """fit(max_iter=1, softening=beta) with warm_start takes exactly one closed-form softened EM step."""
     rng = np.random.default_rng(6)
     X = random_data(40, 5, 2, rng)
-    model = EinsumNetworkDensity(
+    model = EinsumNetworkDensity(structure="rat",
         depth=0, n_repetitions=1, n_sums=3, leaf="bernoulli", max_iter=1, batch_size=None, tol=None,
         early_stopping=False, dtype="float64", random_state=0, warm_start=True, softening=0.95, pseudocount=0.0,
     ).fit(X)
@@ -183,7 +183,7 @@ def test_softened_leaf_on_constant_data_is_the_softening_distribution(leaf, C):
     other state: the leaves' closed-form regularization."""
     X = np.full((25, 3), 1.0)
     X[:, 2] = 0.0
-    kw = dict(depth=0, n_repetitions=1, n_sums=1, leaf=leaf, max_iter=3, batch_size=None, tol=None,
+    kw = dict(structure="rat", depth=0, n_repetitions=1, n_sums=1, leaf=leaf, max_iter=3, batch_size=None, tol=None,
               early_stopping=False, dtype="float64", random_state=0, pseudocount=0.0)
     beta = 0.9
     model = EinsumNetworkDensity(softening=beta, **kw).fit(X)
@@ -206,7 +206,7 @@ def test_softened_leaf_on_constant_data_is_the_softening_distribution(leaf, C):
 def test_softening_one_is_bit_identical_to_the_default(optimizer, batch_size):
     rng = np.random.default_rng(5)
     X = random_data(40, 6, 3, rng, nan_fraction=0.1)
-    kw = dict(depth=1, n_repetitions=2, n_sums=3, leaf="categorical", optimizer=optimizer, max_iter=3,
+    kw = dict(structure="rat", depth=1, n_repetitions=2, n_sums=3, leaf="categorical", optimizer=optimizer, max_iter=3,
               batch_size=batch_size, tol=None, early_stopping=False, max_full_batch_iter=2, random_state=0)
     a = EinsumNetworkDensity(**kw).fit(X)
     b = EinsumNetworkDensity(softening=1.0, **kw).fit(X)
@@ -229,7 +229,7 @@ def test_softening_is_an_em_option():
 def test_softening_applies_to_partial_fit():
     rng = np.random.default_rng(8)
     X = random_data(30, 5, 2, rng)
-    kw = dict(depth=0, n_repetitions=1, n_sums=3, leaf="bernoulli", learning_rate=1.0, dtype="float64",
+    kw = dict(structure="rat", depth=0, n_repetitions=1, n_sums=3, leaf="bernoulli", learning_rate=1.0, dtype="float64",
               random_state=0, pseudocount=0.0)
     model = EinsumNetworkDensity(softening=0.9, **kw).partial_fit(X)
     root, p = model.params_.root.numpy(), model.params_.leaf[0, ..., 0].numpy()
@@ -282,7 +282,7 @@ def test_softening_improves_held_out_likelihood_on_small_data():
         return (rng.random((n, D)) < centers[rng.integers(K, size=n)]).astype(float)
 
     X, X_test = draw(30), draw(2000)
-    kw = dict(depth=2, n_repetitions=4, n_sums=4, leaf="bernoulli", batch_size=None, max_iter=30, tol=None,
+    kw = dict(structure="rat", depth=2, n_repetitions=4, n_sums=4, leaf="bernoulli", batch_size=None, max_iter=30, tol=None,
               early_stopping=False, dtype="float64", random_state=0, pseudocount=0.0)
     scores = {beta: EinsumNetworkDensity(softening=beta, **kw).fit(X).score(X_test) for beta in (1.0, 0.99, 0.9)}
     # Measured held-out nats per row: plain EM -42.79; softening 0.99 -18.63, 0.97 -15.63, 0.95 -14.23,

@@ -21,10 +21,11 @@ from skpc.structure import random_binary_trees
 
 def _expected_stop(scores, tol, patience):
     """The epoch (1-based) at which the plateau rule stops, or None: an epoch
-    counts when it does not beat the best score so far by more than tol."""
+    counts when it does not beat the best score so far by more than tol per
+    epoch since the best."""
     best, waited = -np.inf, 0
     for epoch, score in enumerate(scores, 1):
-        if score > best + tol:
+        if score > best + tol * (waited + 1):
             best, waited = score, 0
         else:
             waited += 1
@@ -37,7 +38,7 @@ def _expected_stop(scores, tol, patience):
 @pytest.mark.parametrize("patience", [1, 3])
 def test_full_batch_stop_rule_and_n_iter(rng, tol, patience):
     X = random_data(400, 6, 2, rng)
-    model = EinsumNetworkDensity(leaf="bernoulli", n_sums=4, n_repetitions=2, batch_size=None, max_iter=200,
+    model = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=4, n_repetitions=2, batch_size=None, max_iter=200,
                                  tol=tol, n_iter_no_change=patience, early_stopping=False, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
@@ -50,9 +51,19 @@ def test_full_batch_stop_rule_and_n_iter(rng, tol, patience):
     assert np.all(np.diff(scores) >= -1e-4)
 
 
+def test_a_creep_slower_than_tol_per_epoch_is_a_plateau():
+    from skpc.backend.train import _PhaseState
+
+    state = _PhaseState(params=None)
+    scores = [0.0 + 0.6e-4 * i for i in range(10)]  # 0.6 tol per epoch, for ever
+    improved = [state.offer(score, None, tol=1e-4) for score in scores]
+    assert improved[0] and not any(improved[1:])  # two epochs gain 1.2 tol, but 0.6 tol per epoch
+    assert state.waited == 9
+
+
 def test_not_converged_warns_and_says_what_to_change(rng):
     X = random_data(300, 6, 2, rng)
-    model = EinsumNetworkDensity(leaf="bernoulli", n_sums=4, n_repetitions=2, batch_size=None, max_iter=2,
+    model = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=4, n_repetitions=2, batch_size=None, max_iter=2,
                                  tol=1e-12, random_state=0)
     with pytest.warns(ConvergenceWarning, match="increase max_iter"):
         model.fit(X)
@@ -62,7 +73,7 @@ def test_not_converged_warns_and_says_what_to_change(rng):
 
 def test_tol_none_runs_every_epoch_without_warning(rng):
     X = random_data(200, 6, 2, rng)
-    model = EinsumNetworkDensity(leaf="bernoulli", n_sums=2, n_repetitions=2, batch_size=None, max_iter=7,
+    model = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=2, n_repetitions=2, batch_size=None, max_iter=7,
                                  tol=None, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
@@ -72,7 +83,7 @@ def test_tol_none_runs_every_epoch_without_warning(rng):
 
 def test_warm_start_accumulates_n_iter(rng):
     X = random_data(200, 6, 2, rng)
-    model = EinsumNetworkDensity(leaf="bernoulli", n_sums=2, n_repetitions=2, batch_size=None, max_iter=3,
+    model = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=2, n_repetitions=2, batch_size=None, max_iter=3,
                                  tol=None, warm_start=True, random_state=0)
     model.fit(X)
     first = model.lower_bound_
@@ -108,7 +119,7 @@ def _split(n_samples, random_state, fraction=0.1):
 
 def test_early_stopping_keeps_the_best_parameters_on_the_validation_rows(rng):
     X = random_data(1200, 8, 2, rng)
-    model = EinsumNetworkDensity(leaf="bernoulli", n_sums=6, n_repetitions=3, max_iter=15,
+    model = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=6, n_repetitions=3, max_iter=15,
                                  max_full_batch_iter=5, tol=None, random_state=3).fit(X)
     _, valid = _split(1200, 3)
     assert model.best_validation_score_ == pytest.approx(max(model.validation_scores_), abs=1e-9)
@@ -156,11 +167,11 @@ def test_full_batch_phase_reaches_the_closed_form_of_independent_categorical_pix
     with np.errstate(divide="ignore"):
         closed_form = float(np.sum(counts * np.where(counts > 0, np.log(freq), 0.0)) / n)
     # the maximum-likelihood closed form: no prior (the default "auto" would add 0.05 per state)
-    model = EinsumNetworkDensity(leaf="categorical", n_categories=C, n_sums=1, n_repetitions=1, depth=2,
+    model = EinsumNetworkDensity(structure="rat", leaf="categorical", n_categories=C, n_sums=1, n_repetitions=1, depth=2,
                                  early_stopping=False, pseudocount=0.0, random_state=0).fit(X)
     assert model.lower_bound_ == pytest.approx(closed_form, abs=1e-3)
     # default (with the validation split): within 1% of the training rows' closed form
-    default = EinsumNetworkDensity(leaf="categorical", n_categories=C, n_sums=1, n_repetitions=1, depth=2,
+    default = EinsumNetworkDensity(structure="rat", leaf="categorical", n_categories=C, n_sums=1, n_repetitions=1, depth=2,
                                    random_state=0).fit(X)
     assert default.lower_bound_ >= closed_form * 1.01
     uniform = -d * np.log(C)
@@ -211,9 +222,9 @@ def test_reduction_hook_sees_every_statistic_and_duplicated_ranks_change_nothing
 def test_adam_raises_the_likelihood(rng):
     """Adam minimizes the negative log-likelihood (a flipped sign would lower it)."""
     X = random_data(400, 6, 2, rng)
-    init = EinsumNetworkDensity(leaf="bernoulli", n_sums=4, n_repetitions=2, optimizer="adam", max_iter=1,
+    init = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=4, n_repetitions=2, optimizer="adam", max_iter=1,
                                 batch_size=400, learning_rate=1e-9, tol=None, random_state=0).fit(X)
-    model = EinsumNetworkDensity(leaf="bernoulli", n_sums=4, n_repetitions=2, optimizer="adam", max_iter=30,
+    model = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=4, n_repetitions=2, optimizer="adam", max_iter=30,
                                  batch_size=50, learning_rate=0.05, tol=None, random_state=0).fit(X)
     assert model.lower_bound_ > init.lower_bound_ + 0.1
     assert np.all(np.diff(model.train_scores_[:5]) > 0)
@@ -221,7 +232,7 @@ def test_adam_raises_the_likelihood(rng):
 
 def test_verbose_prints_one_clean_line_per_epoch(rng, capsys):
     X = random_data(300, 6, 2, rng)
-    EinsumNetworkDensity(leaf="bernoulli", n_sums=2, n_repetitions=2, batch_size=100, max_iter=3,
+    EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=2, n_repetitions=2, batch_size=100, max_iter=3,
                          max_full_batch_iter=2, tol=None, verbose=1, random_state=0).fit(X)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 5
@@ -231,10 +242,10 @@ def test_verbose_prints_one_clean_line_per_epoch(rng, capsys):
 
 def test_trainer_state_is_not_pickled_and_refits_are_identical(rng):
     X = random_data(1100, 6, 2, rng)
-    a = EinsumNetworkDensity(leaf="bernoulli", n_sums=3, n_repetitions=2, max_iter=4, max_full_batch_iter=2,
+    a = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=3, n_repetitions=2, max_iter=4, max_full_batch_iter=2,
                              tol=None, random_state=0).fit(X)
     b = pickle.loads(pickle.dumps(a))
     np.testing.assert_array_equal(a.score_samples(X[:50]), b.score_samples(X[:50]))
-    c = EinsumNetworkDensity(leaf="bernoulli", n_sums=3, n_repetitions=2, max_iter=4, max_full_batch_iter=2,
+    c = EinsumNetworkDensity(structure="rat", leaf="bernoulli", n_sums=3, n_repetitions=2, max_iter=4, max_full_batch_iter=2,
                              tol=None, random_state=0).fit(X)
     np.testing.assert_array_equal(a.score_samples(X[:50]), c.score_samples(X[:50]))

@@ -33,7 +33,7 @@ pipe = Pipeline(
         ("scale", StandardScaler()),
         (
             "pc",
-            EinsumNetworkDensity(
+            EinsumNetworkDensity(structure="rat",
                 n_repetitions=5,
                 batch_size=None,  # full-batch EM on 90% of the ~380 training rows of a fold:
                 max_iter=20,  # 20 epochs (tol=None: no plateau rule), keeping the epoch

@@ -33,7 +33,7 @@ covs = [
 ]
 X = np.vstack([rng.multivariate_normal(m, c, size=400) for m, c in zip(means, covs)])
 
-pc = EinsumNetworkDensity(
+pc = EinsumNetworkDensity(structure="rat",
     depth=1,  # the 2 variables split into {x0} and {x1}
     n_repetitions=1,
     n_sums=12,  # K = 12 densities per region: a mixture of products
