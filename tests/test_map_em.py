@@ -221,3 +221,22 @@ def test_invalid_pseudocount():
     _, stats_ = e_step(circuit, torch.eye(4, dtype=torch.float64), params)
     with pytest.raises(ValueError, match="pseudocount"):
         m_step(circuit, params, stats_, 1.0, pseudocount=-1.0)
+
+
+@pytest.mark.parametrize("leaf, X_kind, expected", [
+    ("bernoulli", "bits", 0.1),                       # 0.05 x (1 free parameter + 1)
+    ("categorical", "levels", 0.05 * 17),             # 17 states: 16 free parameters
+    ("binomial", "levels", 0.1),                      # 17 levels, one free parameter
+    ("auto", "levels", 0.05 * 17),                    # auto picks categorical for 0..16
+    ("gaussian", "levels", 0.0),                      # no prior with continuous leaves
+    ({"bernoulli": [0, 2], "gaussian": [1, 3]}, "mixed", 0.0),  # one continuous family: none
+])
+def test_auto_pseudocount_is_005_per_outcome_of_discrete_leaves(leaf, X_kind, expected):
+    rng = np.random.default_rng(0)
+    X = {"bits": rng.integers(0, 2, (60, 4)), "levels": np.tile(np.arange(17), (4, 1)).T.repeat(3, 0)}.get(X_kind)
+    if X_kind == "mixed":
+        X = np.c_[rng.integers(0, 2, 60), rng.normal(size=60), rng.integers(0, 2, 60), rng.normal(size=60)]
+    model = EinsumNetworkDensity(leaf=leaf, n_sums=2, max_iter=1, max_full_batch_iter=0, tol=None,
+                                 random_state=0).fit(X.astype(float))
+    assert model.pseudocount == "auto"
+    assert model.pseudocount_ == pytest.approx(expected)

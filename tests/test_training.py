@@ -166,7 +166,7 @@ def test_full_batch_phase_reaches_the_closed_form_of_independent_categorical_pix
     freq = counts / n
     with np.errstate(divide="ignore"):
         closed_form = float(np.sum(counts * np.where(counts > 0, np.log(freq), 0.0)) / n)
-    # the maximum-likelihood closed form: no prior (the default "auto" would add 0.05 per state)
+    # the maximum-likelihood closed form: no prior (the default "auto" would add 0.05 per outcome)
     model = EinsumNetworkDensity(structure="rat", leaf="categorical", n_categories=C, n_sums=1, n_repetitions=1, depth=2,
                                  early_stopping=False, pseudocount=0.0, random_state=0).fit(X)
     assert model.lower_bound_ == pytest.approx(closed_form, abs=1e-3)
