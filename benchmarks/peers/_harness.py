@@ -153,6 +153,16 @@ def finite_or_none(obj):
     return obj
 
 
+def _run_body(body, config, record):
+    """``body(config, record)``; a crash is a result too: recorded, not raised."""
+    try:
+        body(config, record)
+    except Exception as exc:
+        record["status"] = "error"
+        record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        traceback.print_exc(file=sys.stderr)
+
+
 def run_main(library, body):
     """Run ``body(config, record)``; on any exception emit a record saying why.
 
@@ -161,12 +171,7 @@ def run_main(library, body):
     config = parse_config()
     setup_threads(config["threads"])
     record = Record(library, config["method"], config)
-    try:
-        body(config, record)
-    except Exception as exc:  # a crash is a result too: record it and move on
-        record["status"] = "error"
-        record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        traceback.print_exc(file=sys.stderr)
+    _run_body(body, config, record)
     record.emit()
 
 
@@ -270,12 +275,7 @@ def run_hclt_child(script, library, versions, structure, body):
         "loadavg_start": list(os.getloadavg()),
         "_start": time.perf_counter(),
     }
-    try:
-        body(config, record)
-    except Exception as exc:  # a crash is a result too: record it and move on
-        record["status"] = "error"
-        record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        traceback.print_exc(file=sys.stderr)
+    _run_body(body, config, record)
     record["child_wall_s"] = time.perf_counter() - record.pop("_start")
     record["loadavg_end"] = list(os.getloadavg())
     record.setdefault("peak_rss_mb", maxrss_mib())
