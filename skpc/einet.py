@@ -153,8 +153,8 @@ class EinsumNetworkDensity(CircuitQueriesMixin, TorchStateMixin, DensityMixin, B
         the step size is halved (at most 5 times), then the phase ends.
     tol : float or None, default=1e-4
         Improvements of the mean log-likelihood by at most ``tol`` nats
-        per epoch (since the best epoch) count as none. None: no stop rule, every phase runs its full
-        number of epochs.
+        per epoch (since the best epoch) count as none. None: no stop
+        rule, every phase runs its full number of epochs.
     max_full_batch_iter : int, default=50
         After stochastic EM, at most this many full-batch EM epochs from
         the best parameters while they improve the score (0: none). They

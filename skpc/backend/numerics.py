@@ -5,7 +5,7 @@ log-einsum-exp, their products, the gradients of the backward pass) reach
 the subnormal range (below 1.2e-38 in float32) after a few EM epochs. x86
 CPUs handle subnormal operands in microcode, up to a hundred times slower:
 at the efficiency setting (Gaussian noise, 512 features, RAT D=4 R=10
-K=10) a full-batch epoch took 1.42 s with them and 0.20 s flushed to zero.
+K=10) a full-batch epoch took 1.42 s with them and 0.19 s flushed to zero.
 Flushing changes a result by less than 1.2e-38 relative to the largest
 term of a sum, and the log-einsum-exp's largest term is exp(0) = 1, so no
 log-likelihood moves in any digit that float32 holds.

@@ -232,7 +232,7 @@ class _LastTable:
         self._entry = None  # (weak reference to phi, phi._version, table)
 
     def get(self, phi, compute):
-        if phi.requires_grad:
+        if phi.requires_grad or phi.is_inference():  # inference tensors keep no version counter
             return compute(phi)
         entry = self._entry
         if entry is not None and entry[0]() is phi and entry[1] == phi._version:
