@@ -146,15 +146,20 @@ def _last_json(text):
     return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
+def _worker_command(config):
+    """The command line of one timing worker (``_worker``) for ``config``."""
+    return [sys.executable, __file__, "worker", json.dumps(config)]
+
+
 def data_parallel(setting, args):
     records = []
     for world_size in (1, 2):
         config = dict(setting, epochs=args.epochs, data=str(args.data) if args.data else None)
         if world_size == 1:
-            cmd = [sys.executable, __file__, "worker", json.dumps(config)]
+            cmd = _worker_command(config)
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                   str(29500 + os.getpid() % 1000), __file__, "worker", json.dumps(config)]
+                   str(29500 + os.getpid() % 1000), *_worker_command(config)[1:]]
         out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=1800)
         if out.returncode != 0:
             raise SystemExit(out.stdout[-3000:] + out.stderr[-3000:])
@@ -163,8 +168,8 @@ def data_parallel(setting, args):
     # the machine's ceiling: two independent single processes, one per half of the rows, at once
     # (no process group, nothing exchanged): what two processes can gain here at best
     halves = [
-        subprocess.Popen([sys.executable, __file__, "worker", json.dumps(dict(config, independent_half=half))],
-                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(_worker_command(dict(config, independent_half=half)), env=_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
         for half in (0, 1)
     ]
     pair = []

@@ -7,7 +7,6 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/hmm_default.py '{"position_prior": 0.0}'  # one overridden
 """
 import json
-import resource
 import sys
 import time
 import warnings
@@ -15,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import default_data_dir  # noqa: E402
-from hmm_ptb import load_ptb  # noqa: E402
+from hmm_ptb import load_ptb, peak_rss_mb  # noqa: E402
 
 from skpc.hmm import HMMLanguageModel  # noqa: E402
 
@@ -32,7 +31,7 @@ record = dict(settings=settings, params={k: v for k, v in model.get_params().ite
               converged=model.converged_, fit_s=seconds,
               valid_perplexity=model.perplexity(windows["valid"]), test_perplexity=model.perplexity(windows["test"]),
               train_perplexity=model.perplexity(windows["train"]),
-              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+              peak_rss_mb=peak_rss_mb())
 print(json.dumps(record, default=str), flush=True)
 with open(Path(__file__).with_name("default_check.jsonl"), "a") as f:
     f.write(json.dumps(record, default=str) + "\n")

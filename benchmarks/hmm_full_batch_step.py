@@ -7,7 +7,6 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/hmm_full_batch_step.py
 """
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -17,15 +16,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import default_data_dir  # noqa: E402
-from hmm_ptb import load_ptb  # noqa: E402
+from hmm_ptb import load_ptb, peak_rss_mb  # noqa: E402
 
 import skpc  # noqa: E402
 from skpc.backend.hmm import HMMCircuit  # noqa: E402
 from skpc.backend.train import Schedule, Trainer  # noqa: E402
-
-
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main():

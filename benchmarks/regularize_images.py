@@ -34,6 +34,7 @@ from sklearn.datasets import load_digits
 
 from _data import default_data_dir, load_mnist
 from _references import independent_pixels, uniform
+from defaults import parse_overrides
 
 from skpc import EinsumNetworkDensity
 
@@ -49,15 +50,6 @@ SETTINGS = [
     {"pseudocount": 0.0, "softening": 0.8},
     {"pseudocount": 10.0, "softening": 0.9},
 ]
-
-
-def parse_setting(text):
-    """``"pseudocount=10,softening=0.9"`` -> {"pseudocount": 10.0, "softening": 0.9} ("auto" kept)."""
-    setting = {}
-    for pair in filter(None, text.split(",")):
-        name, _, value = pair.partition("=")
-        setting[name.strip()] = value.strip() if value.strip() == "auto" else float(value)
-    return setting
 
 
 def main(argv=None):
@@ -82,7 +74,7 @@ def main(argv=None):
         X8 = np.clip(X * 15 + rng.integers(0, 16, size=X.shape), 0, 255)
         train, test = X8[: args.n_train], X8[1000:]
         shape = dict(image_shape=(8, 8))
-    settings = SETTINGS if args.settings is None else [parse_setting(item) for item in args.settings.split(";")]
+    settings = SETTINGS if args.settings is None else [parse_overrides(p.strip() for p in item.split(",") if p.strip()) for item in args.settings.split(";")]
     smoothing, independent = independent_pixels(train, test, 256)
     print(json.dumps({"model": "uniform", "test_ll": round(uniform(train.shape[1], 256), 2)}))
     print(json.dumps({"model": "independent pixels", "smoothing": smoothing, "test_ll": round(independent, 2)}))

@@ -429,3 +429,21 @@ def finish_gloo_worker(rank, results, out):
     with open(out, "wb") as f:
         pickle.dump(results, f)
     dist.destroy_process_group()
+
+
+# A RAT model that overfits 30 rows (tests/test_map_em.py, tests/test_softening.py).
+SMALL_DATA_MODEL = dict(structure="rat", depth=2, n_repetitions=4, n_sums=4, leaf="bernoulli", batch_size=None,
+                        max_iter=30, tol=None, early_stopping=False, dtype="float64", random_state=0)
+
+
+def small_mixture_data(n_train=30, n_test=2000, seed=0):
+    """(X (n_train, 20), X_test (n_test, 20)): binary rows from a mixture of 3
+    random product distributions, few training rows: what regularization is for."""
+    rng = np.random.default_rng(seed)
+    D, K = 20, 3
+    centers = rng.uniform(0.05, 0.95, size=(K, D))
+
+    def draw(n):
+        return (rng.random((n, D)) < centers[rng.integers(K, size=n)]).astype(float)
+
+    return draw(n_train), draw(n_test)

@@ -14,7 +14,7 @@ from skpc.backend.em import _em_update
 from skpc.backend.leaves.families import BernoulliLeaf, CategoricalLeaf, GaussianLeaf, PoissonLeaf
 from skpc.backend.train import Schedule, Trainer, batches
 
-from conftest import random_data
+from conftest import SMALL_DATA_MODEL, random_data, small_mixture_data
 
 
 def _mixture_circuit(leaf_name, X, K, seed):
@@ -191,16 +191,8 @@ def test_stochastic_em_adds_the_batch_share_of_the_prior():
 
 
 def test_pseudocount_improves_held_out_likelihood_on_small_data():
-    rng = np.random.default_rng(0)
-    D, K = 20, 3
-    centers = rng.uniform(0.05, 0.95, size=(K, D))
-
-    def draw(n):
-        return (rng.random((n, D)) < centers[rng.integers(K, size=n)]).astype(float)
-
-    X, X_test = draw(30), draw(2000)
-    kw = dict(structure="rat", depth=2, n_repetitions=4, n_sums=4, leaf="bernoulli", batch_size=None, max_iter=30, tol=None,
-              early_stopping=False, dtype="float64", random_state=0)
+    X, X_test = small_mixture_data()
+    kw = SMALL_DATA_MODEL
     plain = EinsumNetworkDensity(pseudocount=0.0, **kw).fit(X)
     map_em = EinsumNetworkDensity(pseudocount=1.0, **kw).fit(X)
     gain = map_em.score(X_test) - plain.score(X_test)

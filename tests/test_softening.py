@@ -17,7 +17,7 @@ from skpc.backend import CompiledCircuit, e_step, m_step, make_leaf
 from skpc.backend.leaves import BernoulliLeaf, BinomialLeaf, CategoricalLeaf, GaussianLeaf, MixedLeaf, PoissonLeaf
 from skpc.backend.train import Schedule, Trainer
 
-from conftest import random_data
+from conftest import SMALL_DATA_MODEL, random_data, small_mixture_data
 
 
 def _soft_evidence(x, beta, C):
@@ -274,16 +274,8 @@ def test_softening_needs_discrete_leaves_with_finitely_many_states():
 
 # ------------------------------------------------------------------- effect
 def test_softening_improves_held_out_likelihood_on_small_data():
-    rng = np.random.default_rng(0)
-    D, K = 20, 3
-    centers = rng.uniform(0.05, 0.95, size=(K, D))
-
-    def draw(n):
-        return (rng.random((n, D)) < centers[rng.integers(K, size=n)]).astype(float)
-
-    X, X_test = draw(30), draw(2000)
-    kw = dict(structure="rat", depth=2, n_repetitions=4, n_sums=4, leaf="bernoulli", batch_size=None, max_iter=30, tol=None,
-              early_stopping=False, dtype="float64", random_state=0, pseudocount=0.0)
+    X, X_test = small_mixture_data()
+    kw = dict(SMALL_DATA_MODEL, pseudocount=0.0)
     scores = {beta: EinsumNetworkDensity(softening=beta, **kw).fit(X).score(X_test) for beta in (1.0, 0.99, 0.9)}
     # Measured held-out nats per row: plain EM -42.79; softening 0.99 -18.63, 0.97 -15.63, 0.95 -14.23,
     # 0.9 -12.66, 0.8 -12.53 (pseudocount=1 alone: -12.58; both, 0.95 and 1: -12.42). Training rows: -5.39

@@ -253,7 +253,9 @@ def time_scoring(score_all, record, repeats=3):
 def run_hclt_child(script, library, versions, structure, body):
     """The main of an HCLT benchmark child (``run_{skpc,spflow}_hclt.py``,
     started by ``benchmarks/hclt_spflow.py``): read the JSON config from
-    argv, run ``body(config, record)`` and print the record as one JSON line.
+    argv, run ``body(config, record)`` (which sets ``baseline_rss_mb`` after
+    loading its data) and print the record as one JSON line, with the peak
+    RSS and the model's share of it.
     ``record["_start"]`` is the child's start (for budgets; dropped before
     printing); a crash is recorded, not raised."""
     if len(sys.argv) != 2:
@@ -278,6 +280,8 @@ def run_hclt_child(script, library, versions, structure, body):
     _run_body(body, config, record)
     record["child_wall_s"] = time.perf_counter() - record.pop("_start")
     record["loadavg_end"] = list(os.getloadavg())
-    record.setdefault("peak_rss_mb", maxrss_mib())
+    record["peak_rss_mb"] = maxrss_mib()  # after training and scoring
+    if record["status"] != "error":
+        record["model_rss_mb"] = record["peak_rss_mb"] - record["baseline_rss_mb"]
     record["structure"] = structure
     print(json.dumps(finite_or_none(record)), flush=True)

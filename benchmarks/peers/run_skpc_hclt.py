@@ -102,8 +102,6 @@ def body(config, record):
     record["n_partitions"] = len(est.region_graph_.partitions)
     for name, X in (("train", train), ("valid", valid), ("test", test)):
         record[f"{name}_ll"] = float(est.score(X))
-    record["peak_rss_mb"] = maxrss_mib()
-    record["model_rss_mb"] = record["peak_rss_mb"] - record["baseline_rss_mb"]
 
 
 def main():

@@ -122,8 +122,6 @@ def body(config, record):
     record["nonfinite_params"] = not all(bool(torch.isfinite(p).all()) for p in model.parameters())
     for name, X in (("train", train), ("valid", valid), ("test", test)):
         record[f"{name}_ll"] = mean_ll(model, X)
-    record["peak_rss_mb"] = maxrss_mib()
-    record["model_rss_mb"] = record["peak_rss_mb"] - record["baseline_rss_mb"]
 
 
 def main():
